@@ -1,0 +1,71 @@
+//! `cutout`: background removal from the command line.
+
+mod remove;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cutout",
+    version,
+    about = "Self-hosted, GPU-native background removal"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Remove the background of images or whole folders.
+    Remove(remove::RemoveArgs),
+    /// Manage segmentation models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List the models and whether each is present.
+    List,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Remove(args) => remove::run(args),
+        Command::Models {
+            command: ModelsCommand::List,
+        } => list_models(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn list_models() -> anyhow::Result<ExitCode> {
+    use cutout_core::model::{self, Availability};
+    println!("{:<18} {:<8} {:<11} where", "model", "input", "licence");
+    for spec in model::MODELS {
+        let place = match model::availability(spec) {
+            Availability::Embedded => "embedded (default)".to_string(),
+            Availability::File(path) => path.display().to_string(),
+            Availability::Missing => format!("missing (downloads from {})", spec.url),
+        };
+        let size = format!("{0}x{0}", spec.input_size);
+        println!("{:<18} {:<8} {:<11} {place}", spec.name, size, spec.licence);
+    }
+    println!("model folders searched: {:?}", model::model_dirs());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,196 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use cutout_core::decode::{DecodeLimits, decode};
+use cutout_core::encode::{OutputFormat, encode};
+use cutout_core::gpu::Gpu;
+use cutout_core::ops::CutoutMode;
+use cutout_core::remove::{Remover, Timings};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Args)]
+pub struct RemoveArgs {
+    /// Image files or folders (searched recursively for .jpg, .jpeg, .png, .webp).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Output file (only with a single input file).
+    #[arg(short, long, conflicts_with = "out_dir")]
+    out: Option<PathBuf>,
+    /// Output folder; folders keep their relative layout inside it.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Segmentation model (see `cutout models list`).
+    #[arg(long, default_value = cutout_core::model::DEFAULT_MODEL)]
+    model: String,
+    /// Write the mask instead of the cut-out.
+    #[arg(long)]
+    only_mask: bool,
+    /// Background colour instead of transparency: hex (RRGGBB or RRGGBBAA) or a name.
+    #[arg(long)]
+    bg_color: Option<String>,
+    /// Output format.
+    #[arg(long, default_value = "png")]
+    format: String,
+    /// Do not download a missing model.
+    #[arg(long)]
+    offline: bool,
+    /// Print where the time went.
+    #[arg(long)]
+    timings: bool,
+}
+
+struct Job {
+    input: PathBuf,
+    output: PathBuf,
+}
+
+pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
+    let format: OutputFormat = args.format.parse()?;
+    let background = args.bg_color.as_deref().map(parse_color).transpose()?;
+    let mode = if args.only_mask {
+        CutoutMode::MaskOnly
+    } else {
+        CutoutMode::Cutout { background }
+    };
+    let jobs = plan(&args, format)?;
+
+    let gpu = Gpu::from_env()?;
+    let remover = Remover::load(&gpu, &args.model, !args.offline)?;
+
+    let progress = ProgressBar::new(jobs.len() as u64);
+    if jobs.len() > 1 {
+        progress.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} eta {eta} {msg}")
+                .expect("valid template"),
+        );
+    } else {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut failures = 0;
+    let mut timings = Timings::default();
+    let (mut decoding, mut encoding) = (Duration::ZERO, Duration::ZERO);
+    for job in &jobs {
+        let result = (|| -> anyhow::Result<()> {
+            let start = Instant::now();
+            let bytes = std::fs::read(&job.input)?;
+            let image = decode(&bytes, DecodeLimits::default())?;
+            decoding += start.elapsed();
+            let (mut results, spent) = remover.remove(std::slice::from_ref(&image), mode)?;
+            timings += spent;
+            let start = Instant::now();
+            let encoded = encode(&results.remove(0), format)?;
+            if let Some(parent) = job.output.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&job.output, encoded)?;
+            encoding += start.elapsed();
+            Ok(())
+        })();
+        if let Err(error) = result {
+            failures += 1;
+            progress.suspend(|| eprintln!("{}: {error:#}", job.input.display()));
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+
+    if args.timings {
+        let total = decoding
+            + encoding
+            + timings.prepare
+            + timings.forward
+            + timings.mask_resize
+            + timings.composite;
+        eprintln!(
+            "{} images in {total:.2?}: decode {decoding:.2?}, resize+normalise {:.2?}, forward {:.2?}, mask resize {:.2?}, composite+readback {:.2?}, encode+write {encoding:.2?}",
+            jobs.len(),
+            timings.prepare,
+            timings.forward,
+            timings.mask_resize,
+            timings.composite
+        );
+    }
+    if failures > 0 {
+        eprintln!("{failures} of {} images failed", jobs.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plan(args: &RemoveArgs, format: OutputFormat) -> anyhow::Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    for input in &args.inputs {
+        if input.is_dir() {
+            for entry in walkdir::WalkDir::new(input).sort_by_file_name() {
+                let entry = entry?;
+                if entry.file_type().is_file() && is_image(entry.path()) {
+                    let relative = entry.path().strip_prefix(input)?;
+                    let base = args
+                        .out_dir
+                        .clone()
+                        .unwrap_or_else(|| input.with_extension("cutout"));
+                    let output = base.join(relative).with_extension(format.extension());
+                    jobs.push(Job {
+                        input: entry.path().to_path_buf(),
+                        output,
+                    });
+                }
+            }
+        } else if input.is_file() {
+            let output = match (&args.out, &args.out_dir) {
+                (Some(out), _) => out.clone(),
+                (None, Some(dir)) => dir.join(input.file_name().context("input has no file name")?),
+                (None, None) => {
+                    let stem = input.file_stem().context("input has no file name")?;
+                    input.with_file_name(format!("{}.cutout", stem.to_string_lossy()))
+                }
+            }
+            .with_extension(format.extension());
+            jobs.push(Job {
+                input: input.clone(),
+                output,
+            });
+        } else {
+            bail!("{}: no such file or folder", input.display());
+        }
+    }
+    if args.out.is_some() && jobs.len() != 1 {
+        bail!("-o/--out takes a single input image; use --out-dir for several");
+    }
+    Ok(jobs)
+}
+
+fn is_image(path: &Path) -> bool {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    matches!(
+        ext.to_ascii_lowercase().as_str(),
+        "jpg" | "jpeg" | "png" | "webp"
+    )
+}
+
+/// `RRGGBB`, `RRGGBBAA` (with or without `#`) or a CSS colour name, as straight RGBA 0..1.
+fn parse_color(text: &str) -> anyhow::Result<[f32; 4]> {
+    let named = match text.to_ascii_lowercase().as_str() {
+        "white" => Some("ffffff"),
+        "black" => Some("000000"),
+        "red" => Some("ff0000"),
+        "green" => Some("008000"),
+        "blue" => Some("0000ff"),
+        "gray" | "grey" => Some("808080"),
+        "yellow" => Some("ffff00"),
+        "transparent" => Some("00000000"),
+        _ => None,
+    };
+    let hex = named.unwrap_or(text.trim_start_matches('#'));
+    let channel = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).map(|v| v as f32 / 255.0);
+    match hex.len() {
+        6 | 8 if hex.is_ascii() => {
+            let alpha = if hex.len() == 8 { channel(6) } else { Ok(1.0) };
+            Ok([channel(0)?, channel(2)?, channel(4)?, alpha?])
+        }
+        _ => bail!("'{text}' is not a colour: use RRGGBB, RRGGBBAA or a name like white"),
+    }
+}

@@ -1,0 +1,66 @@
+//! Decoding uploads into RGBA8: JPEG, PNG, WebP; EXIF orientation applied; grey, 16-bit,
+//! CMYK and alpha inputs converted. Sizes are checked from the header before any pixel is
+//! decoded, so a decompression bomb costs nothing.
+
+use std::io::Cursor;
+
+use image::{ImageDecoder, ImageFormat, ImageReader, RgbaImage};
+
+use crate::error::{Error, Result};
+
+/// Largest image accepted, in pixels (25 MP, the PhotoRoom limit).
+pub const DEFAULT_MAX_PIXELS: u64 = 25_000_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Decode(e.to_string()))?;
+    match reader.format() {
+        Some(ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP) => {}
+        Some(other) => {
+            return Err(Error::Decode(format!(
+                "{other:?} is not supported (use JPEG, PNG or WebP)"
+            )));
+        }
+        None => return Err(Error::Decode("not a JPEG, PNG or WebP image".into())),
+    }
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| Error::Decode(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
+    let pixels = width as u64 * height as u64;
+    if pixels > limits.max_pixels {
+        return Err(Error::TooLarge(format!(
+            "{width}x{height} is {pixels} pixels, the limit is {}",
+            limits.max_pixels
+        )));
+    }
+    let mut decoder_limits = image::Limits::default();
+    // Room for the decoded pixels at 16 bits per channel plus the codec's own buffers.
+    decoder_limits.max_alloc = Some(pixels * 8 * 2 + (64 << 20));
+    decoder
+        .set_limits(decoder_limits)
+        .map_err(|e| Error::TooLarge(e.to_string()))?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = image::DynamicImage::from_decoder(decoder).map_err(|e| match e {
+        image::ImageError::Limits(l) => Error::TooLarge(l.to_string()),
+        other => Error::Decode(other.to_string()),
+    })?;
+    image.apply_orientation(orientation);
+    Ok(image.into_rgba8())
+}

@@ -1,0 +1,12 @@
+//! cutout's engine: decoding, the GPU context, segmentation models and image operations.
+//! Knows nothing about HTTP or command lines.
+
+pub mod decode;
+pub mod encode;
+pub mod error;
+pub mod gpu;
+pub mod model;
+pub mod ops;
+pub mod remove;
+
+pub use error::{Error, Result};

@@ -1,0 +1,221 @@
+//! Segmentation models: where their weights come from and how a batch runs through them.
+
+pub mod onnx;
+pub mod u2net;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use md5::{Digest, Md5};
+
+use crate::error::{Error, Result};
+use u2net::U2Net;
+
+/// The default model's weights, shipped in the binary so it works offline.
+const EMBEDDED_U2NETP: &[u8] = include_bytes!("../../../../models/u2netp.onnx");
+
+/// A model rembg distributes: its file, checksum, and the preprocessing it was trained with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelSpec {
+    pub name: &'static str,
+    pub file: &'static str,
+    pub md5: &'static str,
+    pub url: &'static str,
+    pub licence: &'static str,
+    pub input_size: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// rembg's release folder, where every model it distributes is published.
+macro_rules! release_url {
+    ($file:literal) => {
+        concat!(
+            "https://github.com/danielgatis/rembg/releases/download/v0.0.0/",
+            $file
+        )
+    };
+}
+
+pub const MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        name: "u2netp",
+        file: "u2netp.onnx",
+        md5: "8e83ca70e441ab06c318d82300c84806",
+        url: release_url!("u2netp.onnx"),
+        licence: "Apache-2.0",
+        input_size: 320,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    },
+    ModelSpec {
+        name: "u2net",
+        file: "u2net.onnx",
+        md5: "60024c5c889badc19c04ad937298a77b",
+        url: release_url!("u2net.onnx"),
+        licence: "Apache-2.0",
+        input_size: 320,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    },
+    ModelSpec {
+        name: "u2net_human_seg",
+        file: "u2net_human_seg.onnx",
+        md5: "c09ddc2e0104f800e3e1bb4652583d1f",
+        url: release_url!("u2net_human_seg.onnx"),
+        licence: "Apache-2.0",
+        input_size: 320,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    },
+    ModelSpec {
+        name: "silueta",
+        file: "silueta.onnx",
+        md5: "55e59e0d8062d2f5d013f4725ee84782",
+        url: release_url!("silueta.onnx"),
+        licence: "Apache-2.0",
+        input_size: 320,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    },
+];
+
+pub const DEFAULT_MODEL: &str = "u2netp";
+
+pub fn spec(name: &str) -> Result<&'static ModelSpec> {
+    MODELS.iter().find(|m| m.name == name).ok_or_else(|| {
+        let known = MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ");
+        Error::UnknownModel(name.to_string(), known)
+    })
+}
+
+/// Folders searched for model files: `$CUTOUT_MODELS`, then `~/.cutout/models`.
+pub fn model_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("CUTOUT_MODELS") {
+        dirs.push(PathBuf::from(dir));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cutout").join("models"));
+    }
+    dirs
+}
+
+/// Where a model's weights can be found without downloading, if anywhere.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Availability {
+    Embedded,
+    File(PathBuf),
+    Missing,
+}
+
+pub fn availability(spec: &ModelSpec) -> Availability {
+    if let Some(path) = model_dirs()
+        .into_iter()
+        .map(|d| d.join(spec.file))
+        .find(|p| p.is_file())
+    {
+        return Availability::File(path);
+    }
+    if spec.name == DEFAULT_MODEL {
+        return Availability::Embedded;
+    }
+    Availability::Missing
+}
+
+/// The model's ONNX bytes: a file in the model folders, the embedded default, or (when
+/// `allow_download`) a verified download into the first model folder.
+pub fn load_bytes(spec: &ModelSpec, allow_download: bool) -> Result<Vec<u8>> {
+    match availability(spec) {
+        Availability::File(path) => {
+            let bytes = std::fs::read(&path)?;
+            verify_md5(spec, &bytes)?;
+            Ok(bytes)
+        }
+        Availability::Embedded => Ok(EMBEDDED_U2NETP.to_vec()),
+        Availability::Missing if allow_download => download(spec),
+        Availability::Missing => Err(Error::ModelMissing {
+            name: spec.name.to_string(),
+            file: spec.file.to_string(),
+            searched: model_dirs(),
+        }),
+    }
+}
+
+fn verify_md5(spec: &ModelSpec, bytes: &[u8]) -> Result<()> {
+    let digest = Md5::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    if hex != spec.md5 {
+        return Err(Error::InvalidModel(format!(
+            "{} has md5 {hex}, expected {}",
+            spec.file, spec.md5
+        )));
+    }
+    Ok(())
+}
+
+fn download(spec: &ModelSpec) -> Result<Vec<u8>> {
+    let dir = model_dirs()
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Download("no model folder (set CUTOUT_MODELS or HOME)".into()))?;
+    log::info!("downloading {} from {}", spec.name, spec.url);
+    let mut response = ureq::get(spec.url)
+        .call()
+        .map_err(|e| Error::Download(format!("{}: {e}", spec.url)))?;
+    let bytes = response
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .map_err(|e| Error::Download(format!("{}: {e}", spec.url)))?;
+    verify_md5(spec, &bytes)?;
+    std::fs::create_dir_all(&dir)?;
+    let partial = dir.join(format!("{}.partial", spec.file));
+    std::fs::write(&partial, &bytes)?;
+    std::fs::rename(&partial, dir.join(spec.file))?;
+    Ok(bytes)
+}
+
+/// A loaded model on a burn device, ready to run batches.
+#[derive(Debug)]
+pub struct Session {
+    pub spec: &'static ModelSpec,
+    net: U2Net,
+    device: Device,
+}
+
+impl Session {
+    pub fn from_onnx(spec: &'static ModelSpec, onnx: &[u8], device: &Device) -> Result<Self> {
+        let convs = onnx::read_convolutions(onnx)?;
+        let net = U2Net::from_convolutions(convs, device)?;
+        Ok(Self {
+            spec,
+            net,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs `batch` normalised images (NCHW, `batch * 3 * size * size` values) and returns
+    /// the first output, `batch * size * size` probabilities.
+    pub fn predict(&self, input: Vec<f32>, batch: usize, size: [usize; 2]) -> Result<Vec<f32>> {
+        let [h, w] = size;
+        if input.len() != batch * 3 * h * w {
+            return Err(Error::InvalidArgument(format!(
+                "model input has {} values, expected {batch}x3x{h}x{w}",
+                input.len()
+            )));
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(input, [batch, 3, h, w]), &self.device);
+        let y = self.net.forward(x);
+        y.into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::InvalidModel(format!("reading the model output: {e:?}")))
+    }
+}

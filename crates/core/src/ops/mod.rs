@@ -1,0 +1,237 @@
+//! Image operations as WGSL compute shaders (one file per operation in `shaders/`), with
+//! short wrappers that bind and dispatch them. Images live on the device as RGBA8 packed
+//! into `u32`s, one per pixel.
+
+mod cutout;
+mod normalize;
+mod resize;
+
+pub use cutout::CutoutMode;
+pub use resize::Filter;
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+/// An RGBA8 image in a device storage buffer.
+pub struct GpuImage {
+    pub buffer: wgpu::Buffer,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl GpuImage {
+    pub fn pixel_count(&self) -> u32 {
+        self.width * self.height
+    }
+}
+
+/// The compiled pipelines and the device they run on.
+pub struct ImageOps {
+    gpu: Gpu,
+    resize: wgpu::ComputePipeline,
+    find_max: wgpu::ComputePipeline,
+    normalize: wgpu::ComputePipeline,
+    cutout: wgpu::ComputePipeline,
+}
+
+impl ImageOps {
+    pub fn new(gpu: &Gpu) -> Self {
+        let resize = compile(
+            gpu,
+            "resize",
+            include_str!("../../../../shaders/resize.wgsl"),
+        );
+        let normalize = compile(
+            gpu,
+            "normalize",
+            include_str!("../../../../shaders/normalize.wgsl"),
+        );
+        let cutout = compile(
+            gpu,
+            "cutout",
+            include_str!("../../../../shaders/cutout.wgsl"),
+        );
+        Self {
+            gpu: gpu.clone(),
+            resize: pipeline(gpu, &resize, "main"),
+            find_max: pipeline(gpu, &normalize, "find_max"),
+            normalize: pipeline(gpu, &normalize, "normalize"),
+            cutout: pipeline(gpu, &cutout, "main"),
+        }
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    pub fn upload(&self, image: &image::RgbaImage) -> Result<GpuImage> {
+        let (width, height) = image.dimensions();
+        self.check_size(width, height)?;
+        let buffer = self
+            .gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("image"),
+                contents: image.as_raw(),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            });
+        Ok(GpuImage {
+            buffer,
+            width,
+            height,
+        })
+    }
+
+    pub fn download(&self, image: &GpuImage) -> Result<image::RgbaImage> {
+        let bytes = self.read_buffer(&image.buffer, image.pixel_count() as u64 * 4)?;
+        image::RgbaImage::from_raw(image.width, image.height, bytes)
+            .ok_or_else(|| Error::Encode("read back a buffer of the wrong size".into()))
+    }
+
+    fn empty_image(&self, width: u32, height: u32) -> Result<GpuImage> {
+        self.check_size(width, height)?;
+        Ok(GpuImage {
+            buffer: self.storage(width as u64 * height as u64 * 4, "image"),
+            width,
+            height,
+        })
+    }
+
+    fn check_size(&self, width: u32, height: u32) -> Result<()> {
+        let bytes = width as u64 * height as u64 * 4;
+        let limit = self.gpu.device.limits().max_storage_buffer_binding_size as u64;
+        if width == 0 || height == 0 || bytes > limit {
+            return Err(Error::TooLarge(format!(
+                "{width}x{height} does not fit this device's largest buffer ({limit} bytes)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn storage(&self, size: u64, label: &str) -> wgpu::Buffer {
+        self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn uniform<T: bytemuck::Pod>(&self, value: &T) -> wgpu::Buffer {
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// Records one dispatch of `pipeline` with `buffers` bound at bindings 0, 1, 2, ….
+    fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&wgpu::Buffer],
+        workgroups: [u32; 3],
+    ) {
+        let entries: Vec<_> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, buffer)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: buffer.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self
+            .gpu
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+    }
+
+    fn encoder(&self) -> wgpu::CommandEncoder {
+        self.gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default())
+    }
+
+    fn submit(&self, encoder: wgpu::CommandEncoder) {
+        self.gpu.queue.submit([encoder.finish()]);
+    }
+
+    /// Copies `size` bytes of `buffer` back to the host, waiting for the device.
+    fn read_buffer(&self, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.encoder();
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        self.submit(encoder);
+        let slice = staging.slice(..);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |result| {
+            let _ = sender.send(result);
+        });
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Encode(format!("device lost while reading back: {e}")))?;
+        receiver
+            .recv()
+            .map_err(|_| Error::Encode("readback never completed".into()))?
+            .map_err(|e| Error::Encode(format!("readback failed: {e}")))?;
+        let bytes = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Encode(format!("readback failed: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+}
+
+fn compile(gpu: &Gpu, label: &str, source: &str) -> wgpu::ShaderModule {
+    gpu.device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        })
+}
+
+fn pipeline(gpu: &Gpu, module: &wgpu::ShaderModule, entry: &str) -> wgpu::ComputePipeline {
+    gpu.device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        })
+}
+
+fn groups(count: u32, size: u32) -> u32 {
+    count.div_ceil(size)
+}
+
+/// Workgroups of 256 covering `count` items, as a 2-D grid when one row would pass the
+/// 65535-workgroup limit per dimension.
+fn linear_groups(count: u32) -> [u32; 3] {
+    const ROW: u32 = 32768;
+    let total = groups(count, 256);
+    [total.min(ROW), total.div_ceil(ROW), 1]
+}

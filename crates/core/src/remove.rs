@@ -1,0 +1,156 @@
+//! Background removal end to end: upload → resize to the model input → normalise →
+//! segment (a whole batch at once) → min-max the mask → resize it back → cut out → read back.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::Device;
+use image::RgbaImage;
+
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::model::{self, Session};
+use crate::ops::{CutoutMode, Filter, ImageOps};
+
+/// Where the time went, summed over the images of a call.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    pub prepare: Duration,
+    pub forward: Duration,
+    pub mask_resize: Duration,
+    pub composite: Duration,
+}
+
+impl std::ops::AddAssign for Timings {
+    fn add_assign(&mut self, other: Self) {
+        self.prepare += other.prepare;
+        self.forward += other.forward;
+        self.mask_resize += other.mask_resize;
+        self.composite += other.composite;
+    }
+}
+
+/// Which burn backend runs the model. Image operations always run on the wgpu device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelBackend {
+    /// burn's wgpu backend on the same device as the image operations.
+    Wgpu,
+    /// burn's CPU backend: far faster than wgpu on a software adapter.
+    Flex,
+}
+
+impl ModelBackend {
+    /// Wgpu on hardware GPUs, flex on the software adapter; `CUTOUT_MODEL_BACKEND` overrides.
+    pub fn choose(gpu: &Gpu) -> Self {
+        match std::env::var("CUTOUT_MODEL_BACKEND").as_deref() {
+            Ok("wgpu") => Self::Wgpu,
+            Ok("flex") => Self::Flex,
+            _ if gpu.is_hardware() => Self::Wgpu,
+            _ => Self::Flex,
+        }
+    }
+
+    pub fn device(self, gpu: &Gpu) -> Device {
+        match self {
+            Self::Wgpu => gpu.burn_device.clone(),
+            Self::Flex => Device::flex(),
+        }
+    }
+}
+
+pub struct Remover {
+    ops: ImageOps,
+    session: Session,
+}
+
+impl Remover {
+    pub fn new(gpu: &Gpu, session: Session) -> Self {
+        Self {
+            ops: ImageOps::new(gpu),
+            session,
+        }
+    }
+
+    /// Loads `model_name` (downloading it when allowed and missing) onto the backend
+    /// `ModelBackend::choose` picks for `gpu`.
+    pub fn load(gpu: &Gpu, model_name: &str, allow_download: bool) -> Result<Self> {
+        let spec = model::spec(model_name)?;
+        let bytes = model::load_bytes(spec, allow_download)?;
+        let backend = ModelBackend::choose(gpu);
+        log::info!("model {} on burn's {backend:?} backend", spec.name);
+        let session = Session::from_onnx(spec, &bytes, &backend.device(gpu))?;
+        Ok(Self::new(gpu, session))
+    }
+
+    pub fn ops(&self) -> &ImageOps {
+        &self.ops
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The model's raw masks (values 0..255 after min-max, at the model's input size) for a
+    /// batch of images.
+    pub fn masks(&self, images: &[RgbaImage], timings: &mut Timings) -> Result<Vec<RgbaImage>> {
+        let spec = self.session.spec;
+        let size = spec.input_size as u32;
+        let start = Instant::now();
+        let mut input = Vec::with_capacity(images.len() * 3 * (size * size) as usize);
+        for image in images {
+            let uploaded = self.ops.upload(image)?;
+            let small = self.ops.resize(&uploaded, size, size, Filter::Lanczos3)?;
+            input.extend(self.ops.normalize(&small, spec.mean, spec.std)?);
+        }
+        timings.prepare += start.elapsed();
+
+        let start = Instant::now();
+        let side = spec.input_size;
+        let output = self.session.predict(input, images.len(), [side, side])?;
+        timings.forward += start.elapsed();
+
+        Ok(output
+            .chunks_exact(side * side)
+            .map(|prediction| mask_image(prediction, size))
+            .collect())
+    }
+
+    /// Removes the background of each image; `mode` picks cut-out or mask output.
+    pub fn remove(
+        &self,
+        images: &[RgbaImage],
+        mode: CutoutMode,
+    ) -> Result<(Vec<RgbaImage>, Timings)> {
+        let mut timings = Timings::default();
+        let masks = self.masks(images, &mut timings)?;
+        let mut results = Vec::with_capacity(images.len());
+        for (image, mask) in images.iter().zip(masks) {
+            let start = Instant::now();
+            let mask = self.ops.upload(&mask)?;
+            let mask = self
+                .ops
+                .resize(&mask, image.width(), image.height(), Filter::Lanczos3)?;
+            timings.mask_resize += start.elapsed();
+
+            let start = Instant::now();
+            let uploaded = self.ops.upload(image)?;
+            let result = self.ops.cutout(&uploaded, &mask, mode)?;
+            results.push(self.ops.download(&result)?);
+            timings.composite += start.elapsed();
+        }
+        Ok((results, timings))
+    }
+}
+
+/// rembg's mask post-processing: min-max normalise, then truncate to 8 bits.
+fn mask_image(prediction: &[f32], size: u32) -> RgbaImage {
+    let (min, max) = prediction
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let range = (max - min).max(f32::EPSILON);
+    let mut mask = RgbaImage::new(size, size);
+    for (pixel, &value) in mask.pixels_mut().zip(prediction) {
+        let v = (((value - min) / range) * 255.0) as u8;
+        pixel.0 = [v, v, v, 255];
+    }
+    mask
+}

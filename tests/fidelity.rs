@@ -1,0 +1,186 @@
+//! The model and the whole removal against the reference runtime: onnxruntime's raw output
+//! and `rembg i -m u2netp -om` masks, produced by fixtures/make_fixtures.py.
+
+use burn::tensor::Device;
+use cutout_core::model::{self, Session};
+use cutout_core::ops::CutoutMode;
+use cutout_core::remove::Remover;
+use cutout_tests::*;
+
+fn session(device: &Device) -> Session {
+    let spec = model::spec("u2netp").unwrap();
+    let bytes = model::load_bytes(spec, false).unwrap();
+    Session::from_onnx(spec, &bytes, device).unwrap()
+}
+
+fn model_input(name: &str) -> Vec<f32> {
+    let rgb = image::open(fixture(&format!("images/{name}.input320.png")))
+        .unwrap()
+        .into_rgb8();
+    let spec = model::spec("u2netp").unwrap();
+    reference_normalize(&rgb, spec.mean, spec.std)
+}
+
+#[test]
+fn raw_output_matches_onnxruntime() {
+    let session = session(&Device::flex());
+    let input: Vec<f32> = PHOTOS.iter().flat_map(|name| model_input(name)).collect();
+    let output = session.predict(input, PHOTOS.len(), [320, 320]).unwrap();
+    for (name, ours) in PHOTOS.iter().zip(output.chunks_exact(320 * 320)) {
+        let reference: Vec<f32> = image::open(fixture(&format!("images/{name}.u2netp320.png")))
+            .unwrap()
+            .into_luma16()
+            .pixels()
+            .map(|p| p.0[0] as f32 / 65535.0)
+            .collect();
+        let err = max_abs_diff(ours, &reference);
+        println!("{name}: max abs error vs onnxruntime {err:.2e}");
+        assert!(err <= 1e-3, "{name}: max abs error {err}");
+    }
+}
+
+#[test]
+fn wgpu_backend_agrees_with_cpu_backend() {
+    // 64x64 keeps the software adapter quick; every stage still pools down to 2x2.
+    let input: Vec<f32> = model_input("chelsea")
+        .chunks_exact(320 * 320)
+        .flat_map(|plane| {
+            (0..64 * 64)
+                .map(move |i| plane[(i / 64) * 5 * 320 + (i % 64) * 5])
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let cpu = session(&Device::flex())
+        .predict(input.clone(), 1, [64, 64])
+        .unwrap();
+    let wgpu = session(&gpu().burn_device)
+        .predict(input, 1, [64, 64])
+        .unwrap();
+    let err = max_abs_diff(&cpu, &wgpu);
+    println!("wgpu vs flex max abs difference {err:.2e}");
+    assert!(err <= 1e-3, "wgpu and flex disagree by {err}");
+}
+
+#[test]
+fn gpu_normalize_matches_cpu_reference() {
+    let remover = remover();
+    let rgb = image::open(fixture("images/coffee.input320.png"))
+        .unwrap()
+        .into_rgb8();
+    let rgba = image::DynamicImage::ImageRgb8(rgb.clone()).into_rgba8();
+    let spec = remover.session().spec;
+    let uploaded = remover.ops().upload(&rgba).unwrap();
+    let ours = remover
+        .ops()
+        .normalize(&uploaded, spec.mean, spec.std)
+        .unwrap();
+    let err = max_abs_diff(&ours, &reference_normalize(&rgb, spec.mean, spec.std));
+    assert!(err <= 1e-5, "normalize differs by {err}");
+}
+
+#[test]
+fn gpu_resize_matches_pillow_lanczos() {
+    // input320.png is Pillow's Lanczos resize of the same JPEG. Decoders may differ by a
+    // level or two of rounding, so compare the mean and the worst pixel loosely.
+    let remover = remover();
+    for name in PHOTOS {
+        let photo = image::open(fixture(&format!("images/{name}.jpg")))
+            .unwrap()
+            .into_rgba8();
+        let pillow = image::open(fixture(&format!("images/{name}.input320.png")))
+            .unwrap()
+            .into_rgba8();
+        let ops = remover.ops();
+        let small = ops
+            .resize(
+                &ops.upload(&photo).unwrap(),
+                320,
+                320,
+                cutout_core::ops::Filter::Lanczos3,
+            )
+            .unwrap();
+        let ours = ops.download(&small).unwrap();
+        let a: Vec<f32> = ours.as_raw().iter().map(|&v| v as f32).collect();
+        let b: Vec<f32> = pillow.as_raw().iter().map(|&v| v as f32).collect();
+        let (mean, max) = (mean_abs_diff(&a, &b), max_abs_diff(&a, &b));
+        println!("{name}: resize vs Pillow mean {mean:.3} max {max}");
+        assert!(mean <= 0.5 && max <= 8.0, "{name}: mean {mean} max {max}");
+    }
+}
+
+fn remover() -> Remover {
+    Remover::new(gpu(), session(&Device::flex()))
+}
+
+#[test]
+fn full_size_mask_matches_rembg() {
+    let remover = remover();
+    for name in PHOTOS {
+        let bytes = std::fs::read(fixture(&format!("images/{name}.jpg"))).unwrap();
+        let image = cutout_core::decode::decode(&bytes, Default::default()).unwrap();
+        let (masks, _) = remover.remove(&[image], CutoutMode::MaskOnly).unwrap();
+        let ours: Vec<f32> = masks[0].pixels().map(|p| p.0[0] as f32 / 255.0).collect();
+        let reference: Vec<f32> = image::open(fixture(&format!("images/{name}.rembg-mask.png")))
+            .unwrap()
+            .into_luma8()
+            .pixels()
+            .map(|p| p.0[0] as f32 / 255.0)
+            .collect();
+        let (mae, iou) = (mean_abs_diff(&ours, &reference), iou(&ours, &reference));
+        println!(
+            "{name}: mask mean abs error {:.3}/255, IoU {iou:.4}",
+            mae * 255.0
+        );
+        assert!(
+            mae <= 2.0 / 255.0,
+            "{name}: mean abs error {}/255",
+            mae * 255.0
+        );
+        assert!(iou >= 0.98, "{name}: IoU {iou}");
+    }
+}
+
+#[test]
+fn cutout_keeps_colour_and_uses_mask_as_alpha() {
+    let remover = remover();
+    let bytes = std::fs::read(fixture("images/chelsea.jpg")).unwrap();
+    let image = cutout_core::decode::decode(&bytes, Default::default()).unwrap();
+    let (masks, _) = remover
+        .remove(std::slice::from_ref(&image), CutoutMode::MaskOnly)
+        .unwrap();
+    let (cutouts, _) = remover
+        .remove(
+            std::slice::from_ref(&image),
+            CutoutMode::Cutout { background: None },
+        )
+        .unwrap();
+    for ((cut, mask), original) in cutouts[0]
+        .pixels()
+        .zip(masks[0].pixels())
+        .zip(image.pixels())
+    {
+        assert_eq!(cut.0[3], mask.0[0]);
+        assert_eq!(cut.0[..3], original.0[..3]);
+    }
+    let white = [1.0, 1.0, 1.0, 1.0];
+    let (flat, _) = remover
+        .remove(
+            std::slice::from_ref(&image),
+            CutoutMode::Cutout {
+                background: Some(white),
+            },
+        )
+        .unwrap();
+    for ((out, mask), original) in flat[0].pixels().zip(masks[0].pixels()).zip(image.pixels()) {
+        let a = mask.0[0] as f32 / 255.0;
+        for c in 0..3 {
+            let expected = original.0[c] as f32 * a + 255.0 * (1.0 - a);
+            assert!(
+                (out.0[c] as f32 - expected).abs() <= 1.0,
+                "{} vs {expected}",
+                out.0[c]
+            );
+        }
+        assert_eq!(out.0[3], 255);
+    }
+}

@@ -1,0 +1,107 @@
+//! Project tasks: `cargo xtask test`, `cargo xtask cutout ARGS…`, `cargo xtask fixtures`.
+//! `test` and `cutout` first make sure a Vulkan driver exists, installing Mesa's software
+//! one (lavapipe) on Debian/Ubuntu when there is none, so they work on a fresh machine.
+
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, bail};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => ensure_vulkan().and_then(|_| cargo(&["test", "--workspace"], &args[1..])),
+        Some("cutout") => ensure_vulkan().and_then(|_| {
+            cargo(
+                &["run", "--quiet", "--package", "cutout-cli", "--"],
+                &args[1..],
+            )
+        }),
+        Some("fixtures") => fixtures(),
+        _ => {
+            eprintln!("usage: cargo xtask test [ARGS] | cutout ARGS | fixtures");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cargo(command: &[&str], extra: &[String]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args(command).args(extra))
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+const ICD_DIRS: [&str; 2] = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
+
+fn has_vulkan_driver() -> bool {
+    ICD_DIRS
+        .iter()
+        .any(|dir| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.any(|e| e.is_ok())))
+}
+
+fn ensure_vulkan() -> anyhow::Result<()> {
+    if cfg!(not(target_os = "linux")) || has_vulkan_driver() {
+        return Ok(());
+    }
+    if !Path::new("/usr/bin/apt-get").exists() {
+        bail!("no Vulkan driver found: install your GPU's driver or Mesa's lavapipe");
+    }
+    eprintln!("xtask: no Vulkan driver; installing Mesa's software driver (lavapipe)");
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| {
+        let mut all = sudo.to_vec();
+        all.extend_from_slice(args);
+        run(Command::new(all[0])
+            .args(&all[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    apt(&["apt-get", "update", "-qq"])?;
+    apt(&[
+        "apt-get",
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        "mesa-vulkan-drivers",
+        "libvulkan1",
+    ])
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Rebuilds the reference fixtures with onnxruntime and rembg from PyPI.
+fn fixtures() -> anyhow::Result<()> {
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "onnxruntime==1.31.1",
+        "rembg[cli]==2.0.86",
+        "scikit-image",
+        "pillow",
+        "numpy",
+    ]))?;
+    run(Command::new("python3").arg("tests/fixtures/make_fixtures.py"))
+}
