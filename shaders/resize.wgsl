@@ -10,7 +10,7 @@ struct Params {
     // 0: resize the x axis (src_height == dst_height); 1: the y axis.
     axis: u32,
     // 0: bilinear (triangle, support 1); 1: Lanczos3 (support 3).
-    filter: u32,
+    kernel_type: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -28,7 +28,7 @@ fn sinc(x: f32) -> f32 {
 }
 
 fn kernel(x: f32) -> f32 {
-    if (params.filter == 0u) {
+    if (params.kernel_type == 0u) {
         return max(0.0, 1.0 - abs(x));
     }
     if (abs(x) >= 3.0) {
@@ -38,7 +38,7 @@ fn kernel(x: f32) -> f32 {
 }
 
 fn support() -> f32 {
-    return select(3.0, 1.0, params.filter == 0u);
+    return select(3.0, 1.0, params.kernel_type == 0u);
 }
 
 @compute @workgroup_size(8, 8)

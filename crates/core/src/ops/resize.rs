@@ -16,7 +16,7 @@ struct Params {
     dst_width: u32,
     dst_height: u32,
     axis: u32,
-    filter: u32,
+    kernel_type: u32,
     _pad: [u32; 2],
 }
 
@@ -44,7 +44,7 @@ impl ImageOps {
                 dst_width: target.0,
                 dst_height: target.1,
                 axis,
-                filter: filter as u32,
+                kernel_type: filter as u32,
                 _pad: [0; 2],
             });
             self.dispatch(
