@@ -101,7 +101,7 @@ impl ImageOps {
 
     fn check_size(&self, width: u32, height: u32) -> Result<()> {
         let bytes = width as u64 * height as u64 * 4;
-        let limit = self.gpu.device.limits().max_storage_buffer_binding_size as u64;
+        let limit = self.gpu.device.limits().max_storage_buffer_binding_size;
         if width == 0 || height == 0 || bytes > limit {
             return Err(Error::TooLarge(format!(
                 "{width}x{height} does not fit this device's largest buffer ({limit} bytes)"

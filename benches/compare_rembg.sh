@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Side by side on one folder: `rembg p -m u2netp` (onnxruntime, CPU) vs `cutout remove`.
+# Needs: pip install "rembg[cli]==2.0.86" onnxruntime==1.31.1 scikit-image pillow
+# Usage: benches/compare_rembg.sh [CUTOUT_BINARY]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cutout=${1:-${CARGO_TARGET_DIR:-target}/debug/cutout}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# 14 photos of 0.2-1.5 MP: the scikit-image photos at several scales, as JPEG.
+python3 - "$work/in" <<'PY'
+import os, sys
+import skimage.data
+from PIL import Image
+out = sys.argv[1]
+os.makedirs(out)
+base = os.path.dirname(skimage.data.__file__)
+photos = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg"]
+for name in photos:
+    img = Image.open(os.path.join(base, name)).convert("RGB")
+    for target in (0.25e6, 1.2e6):
+        scale = (target / (img.width * img.height)) ** 0.5
+        size = (round(img.width * scale), round(img.height * scale))
+        img.resize(size, Image.Resampling.LANCZOS).save(f"{out}/{name.split('.')[0]}-{size[0]}x{size[1]}.jpg", quality=90)
+PY
+ls "$work/in" | wc -l | xargs echo "photos:"
+
+mkdir -p "$work/models" && cp models/u2netp.onnx "$work/models/"
+time_it() { local start=$(date +%s.%N); "$@" > /dev/null 2>&1; echo "$(date +%s.%N) - $start" | bc; }
+rembg_s=$(U2NET_HOME="$work/models" OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} time_it rembg p -m u2netp "$work/in" "$work/rembg")
+cutout_s=$(time_it "$cutout" remove --offline --out-dir "$work/cutout" "$work/in")
+echo "rembg p -m u2netp: ${rembg_s}s"
+echo "cutout remove:     ${cutout_s}s"
+echo "ratio (cutout time / rembg time): $(echo "scale=2; $cutout_s / $rembg_s" | bc)"
+"$cutout" remove --offline --timings --out-dir "$work/cutout2" "$work/in" 2>&1 | grep images
