@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("test") => ensure_vulkan().and_then(|_| cargo(&["test", "--workspace"], &args[1..])),
+        Some("test") => ensure_vulkan().and_then(|_| test(&args[1..])),
         Some("cutout") => ensure_vulkan().and_then(|_| {
             cargo(
                 &["run", "--quiet", "--package", "cutout-cli", "--"],
@@ -35,6 +35,48 @@ fn main() -> ExitCode {
 fn cargo(command: &[&str], extra: &[String]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo).args(command).args(extra))
+}
+
+/// `cargo test --workspace`, echoing its output and closing with one total over every test
+/// binary (cargo's own last line is whichever binary ran last, often an empty doc-test run).
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(["test", "--workspace"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(summary) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                summary
+                    .split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
