@@ -9,7 +9,7 @@ use image::RgbaImage;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::model::{self, Session};
-use crate::ops::{CutoutMode, Filter, ImageOps};
+use crate::ops::{CutoutMode, Filter, GpuImage, ImageOps};
 
 /// Where the time went, summed over the images of a call.
 #[derive(Debug, Default, Clone, Copy)]
@@ -90,15 +90,14 @@ impl Remover {
     }
 
     /// The model's raw masks (values 0..255 after min-max, at the model's input size) for a
-    /// batch of images.
-    pub fn masks(&self, images: &[RgbaImage], timings: &mut Timings) -> Result<Vec<RgbaImage>> {
+    /// batch of uploaded images.
+    pub fn masks(&self, images: &[GpuImage], timings: &mut Timings) -> Result<Vec<RgbaImage>> {
         let spec = self.session.spec;
         let size = spec.input_size as u32;
         let start = Instant::now();
         let mut input = Vec::with_capacity(images.len() * 3 * (size * size) as usize);
         for image in images {
-            let uploaded = self.ops.upload(image)?;
-            let small = self.ops.resize(&uploaded, size, size, Filter::Lanczos3)?;
+            let small = self.ops.resize(image, size, size, Filter::Lanczos3)?;
             input.extend(self.ops.normalize(&small, spec.mean, spec.std)?);
         }
         timings.prepare += start.elapsed();
@@ -121,19 +120,24 @@ impl Remover {
         mode: CutoutMode,
     ) -> Result<(Vec<RgbaImage>, Timings)> {
         let mut timings = Timings::default();
-        let masks = self.masks(images, &mut timings)?;
+        let start = Instant::now();
+        let uploaded = images
+            .iter()
+            .map(|image| self.ops.upload(image))
+            .collect::<Result<Vec<_>>>()?;
+        timings.prepare += start.elapsed();
+        let masks = self.masks(&uploaded, &mut timings)?;
         let mut results = Vec::with_capacity(images.len());
-        for (image, mask) in images.iter().zip(masks) {
+        for (image, mask) in uploaded.iter().zip(masks) {
             let start = Instant::now();
             let mask = self.ops.upload(&mask)?;
             let mask = self
                 .ops
-                .resize(&mask, image.width(), image.height(), Filter::Lanczos3)?;
+                .resize(&mask, image.width, image.height, Filter::Lanczos3)?;
             timings.mask_resize += start.elapsed();
 
             let start = Instant::now();
-            let uploaded = self.ops.upload(image)?;
-            let result = self.ops.cutout(&uploaded, &mask, mode)?;
+            let result = self.ops.cutout(image, &mask, mode)?;
             results.push(self.ops.download(&result)?);
             timings.composite += start.elapsed();
         }
