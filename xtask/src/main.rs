@@ -32,17 +32,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The cargo that runs this xtask, so `cargo +toolchain xtask` stays on that toolchain.
+fn cargo_command() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
 fn cargo(command: &[&str], extra: &[String]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args(command).args(extra))
+    run(cargo_command().args(command).args(extra))
 }
 
 /// `cargo test --workspace`, echoing its output and closing with one total over every test
 /// binary (cargo's own last line is whichever binary ran last, often an empty doc-test run).
 fn test(extra: &[String]) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader};
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut child = Command::new(cargo)
+    let mut child = cargo_command()
         .args(["test", "--workspace"])
         .args(extra)
         .stdout(std::process::Stdio::piped())

@@ -74,21 +74,18 @@ fn single_file_mask_as_jpeg() {
 
 #[test]
 fn bad_arguments_are_clear_errors() {
-    let output = cutout()
-        .args(["remove", "--bg-color", "nope"])
-        .arg(photo("chelsea.jpg"))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("'nope' is not a colour"));
-
-    let output = cutout()
-        .args(["remove", "--model", "u3net"])
-        .arg(photo("chelsea.jpg"))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown model 'u3net'"));
+    let fails_with = |args: &[&str], message: &str| {
+        let output = cutout()
+            .args(args)
+            .arg(photo("chelsea.jpg"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    };
+    fails_with(&["remove", "--bg-color", "nope"], "'nope' is not a colour");
+    fails_with(&["remove", "--model", "u3net"], "unknown model 'u3net'");
 }
 
 #[test]
