@@ -1,10 +1,11 @@
 // Applies a mask to an image: the mask (its red channel) becomes alpha, multiplied by any
 // alpha the image already had, optionally composited over a background colour (straight
-// alpha "over"). Mode 1 writes the mask itself as an opaque grey image.
+// alpha "over"). Mode 1 writes the mask itself as an opaque grey image; mode 2 writes the
+// image's own alpha that way.
 
 struct Params {
     pixel_count: u32,
-    // 0: cut-out; 1: mask only.
+    // 0: cut-out; 1: mask only; 2: the image's alpha as a mask.
     mode: u32,
     // Background colour, straight alpha in 0..1; alpha 0 keeps the result transparent.
     background: vec4<f32>,
@@ -21,6 +22,11 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>,
     // Large images need a 2-D grid of workgroups; pixels are numbered row by row of it.
     let i = id.x + id.y * workgroups.x * 256u;
     if (i >= params.pixel_count) {
+        return;
+    }
+    if (params.mode == 2u) {
+        let a = unpack4x8unorm(image[i]).a;
+        dst[i] = pack4x8unorm(vec4<f32>(a, a, a, 1.0));
         return;
     }
     let m = unpack4x8unorm(mask[i]).r;

@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask test`, `cargo xtask cutout ARGS…`, `cargo xtask fixtures`.
+//! Project tasks: `cargo xtask test`, `cargo xtask cutout ARGS…`, `cargo xtask gallery`,
+//! `cargo xtask fixtures`.
 //! `test` and `cutout` first make sure a Vulkan driver exists, installing Mesa's software
 //! one (lavapipe) on Debian/Ubuntu when there is none, so they work on a fresh machine.
 
@@ -11,6 +12,18 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => ensure_vulkan().and_then(|_| test(&args[1..])),
+        Some("gallery") => ensure_vulkan().and_then(|_| {
+            cargo(
+                &["run", "--quiet", "--package", "cutout-cli", "--", "gallery"],
+                &[
+                    "tests/fixtures/images/coffee.jpg".into(),
+                    "--background".into(),
+                    "tests/fixtures/images/rocket.jpg".into(),
+                    "-o".into(),
+                    "docs/gallery.png".into(),
+                ],
+            )
+        }),
         Some("cutout") => ensure_vulkan().and_then(|_| {
             cargo(
                 &["run", "--quiet", "--package", "cutout-cli", "--"],
@@ -19,7 +32,7 @@ fn main() -> ExitCode {
         }),
         Some("fixtures") => fixtures(),
         _ => {
-            eprintln!("usage: cargo xtask test [ARGS] | cutout ARGS | fixtures");
+            eprintln!("usage: cargo xtask test [ARGS] | cutout ARGS | gallery | fixtures");
             return ExitCode::from(2);
         }
     };
@@ -100,14 +113,19 @@ fn has_vulkan_driver() -> bool {
         .any(|dir| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.any(|e| e.is_ok())))
 }
 
+fn has_curl() -> bool {
+    Command::new("curl").arg("--version").output().is_ok()
+}
+
+/// Lavapipe for wgpu's fallback adapter, and curl for the HTTP tests.
 fn ensure_vulkan() -> anyhow::Result<()> {
-    if cfg!(not(target_os = "linux")) || has_vulkan_driver() {
+    if cfg!(not(target_os = "linux")) || (has_vulkan_driver() && has_curl()) {
         return Ok(());
     }
     if !Path::new("/usr/bin/apt-get").exists() {
         bail!("no Vulkan driver found: install your GPU's driver or Mesa's lavapipe");
     }
-    eprintln!("xtask: no Vulkan driver; installing Mesa's software driver (lavapipe)");
+    eprintln!("xtask: installing Mesa's software Vulkan driver (lavapipe) and curl");
     let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
     let apt = |args: &[&str]| {
         let mut all = sudo.to_vec();
@@ -125,6 +143,8 @@ fn ensure_vulkan() -> anyhow::Result<()> {
         "--no-install-recommends",
         "mesa-vulkan-drivers",
         "libvulkan1",
+        "curl",
+        "ca-certificates",
     ])
 }
 

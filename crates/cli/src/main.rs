@@ -1,6 +1,9 @@
 //! `cutout`: background removal from the command line.
 
+mod edit;
+mod gallery;
 mod remove;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -10,7 +13,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cutout",
     version,
-    about = "Self-hosted, GPU-native background removal"
+    about = "Self-hosted, GPU-native background removal and product-photo editing"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,6 +24,17 @@ struct Cli {
 enum Command {
     /// Remove the background of images or whole folders.
     Remove(remove::RemoveArgs),
+    /// Edit one image with PhotoRoom v2 parameters (background, shadow, outline, layout).
+    Edit(edit::EditArgs),
+    /// Render one photo through every edit operation into a contact sheet.
+    Gallery(gallery::GalleryArgs),
+    /// Serve the PhotoRoom- and remove.bg-compatible HTTP APIs.
+    Serve(serve::ServeArgs),
+    /// Manage API keys (stored hashed).
+    Keys {
+        #[command(subcommand)]
+        command: serve::KeysCommand,
+    },
     /// Manage segmentation models.
     Models {
         #[command(subcommand)]
@@ -41,6 +55,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Remove(args) => remove::run(args),
+        Command::Edit(args) => edit::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Gallery(args) => gallery::run(args),
+        Command::Keys { command } => serve::keys(command),
         Command::Models {
             command: ModelsCommand::List,
         } => list_models(),

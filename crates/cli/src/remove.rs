@@ -171,26 +171,11 @@ fn is_image(path: &Path) -> bool {
     )
 }
 
-/// `RRGGBB`, `RRGGBBAA` (with or without `#`) or a CSS colour name, as straight RGBA 0..1.
+/// A colour as the APIs write it (hex with or without `#`, `rgb()`, or a name), 0..1.
 fn parse_color(text: &str) -> anyhow::Result<[f32; 4]> {
-    let named = match text.to_ascii_lowercase().as_str() {
-        "white" => Some("ffffff"),
-        "black" => Some("000000"),
-        "red" => Some("ff0000"),
-        "green" => Some("008000"),
-        "blue" => Some("0000ff"),
-        "gray" | "grey" => Some("808080"),
-        "yellow" => Some("ffff00"),
-        "transparent" => Some("00000000"),
-        _ => None,
-    };
-    let hex = named.unwrap_or(text.trim_start_matches('#'));
-    let channel = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).map(|v| v as f32 / 255.0);
-    match hex.len() {
-        6 | 8 if hex.is_ascii() => {
-            let alpha = if hex.len() == 8 { channel(6) } else { Ok(1.0) };
-            Ok([channel(0)?, channel(2)?, channel(4)?, alpha?])
-        }
-        _ => bail!("'{text}' is not a colour: use RRGGBB, RRGGBBAA or a name like white"),
-    }
+    cutout_core::edit::Color::parse(text)
+        .map(|c| c.to_f32())
+        .with_context(|| {
+            format!("'{text}' is not a colour: use RRGGBB, RRGGBBAA or a name like white")
+        })
 }

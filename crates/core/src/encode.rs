@@ -71,3 +71,166 @@ fn flatten_on_white(image: &RgbaImage) -> image::RgbImage {
         image::Rgb([over(r), over(g), over(b)])
     })
 }
+
+/// An encoded edit result.
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    pub mime: &'static str,
+    pub extension: &'static str,
+}
+
+/// Encodes a composed result as an edit asks: PNG (RGBA, RGB or grey by `channels`, with
+/// dpi), JPEG quality 80 (with dpi), WebP (lossless), remove.bg's `auto` (PNG when any pixel
+/// is transparent, else JPEG) and ZIP (`color.jpg` + `alpha.png`).
+pub fn encode_result(
+    image: &RgbaImage,
+    format: crate::edit::Format,
+    channels: crate::edit::Channels,
+    dpi: Option<u32>,
+) -> Result<Encoded> {
+    use crate::edit::{Channels, Format};
+    let format = match format {
+        Format::Auto if image.pixels().any(|p| p.0[3] < 255) => Format::Png,
+        Format::Auto => Format::Jpeg,
+        other => other,
+    };
+    let encoded = |bytes, mime, extension| Encoded {
+        bytes,
+        mime,
+        extension,
+    };
+    match format {
+        Format::Png => {
+            let (kind, data) = match channels {
+                Channels::Rgba => (png::ColorType::Rgba, image.as_raw().clone()),
+                Channels::Rgb => (png::ColorType::Rgb, rgb_bytes(image)),
+                Channels::Alpha => (png::ColorType::Grayscale, red_bytes(image)),
+            };
+            let bytes = write_png(image.width(), image.height(), kind, &data, dpi)?;
+            Ok(encoded(bytes, "image/png", "png"))
+        }
+        Format::Jpeg => Ok(encoded(write_jpeg(image, dpi)?, "image/jpeg", "jpg")),
+        Format::WebP => Ok(encoded(
+            encode(image, OutputFormat::WebP)?,
+            "image/webp",
+            "webp",
+        )),
+        Format::Zip => {
+            let color = image::RgbImage::from_raw(image.width(), image.height(), rgb_bytes(image))
+                .expect("sizes match");
+            let mut jpeg = Cursor::new(Vec::new());
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+                .encode_image(&color)
+                .map_err(|e| Error::Encode(e.to_string()))?;
+            let alpha: Vec<u8> = image.pixels().map(|p| p.0[3]).collect();
+            let alpha = write_png(
+                image.width(),
+                image.height(),
+                png::ColorType::Grayscale,
+                &alpha,
+                dpi,
+            )?;
+            let zip = stored_zip(&[("color.jpg", &jpeg.into_inner()), ("alpha.png", &alpha)]);
+            Ok(encoded(zip, "application/zip", "zip"))
+        }
+        Format::Auto => unreachable!("resolved above"),
+    }
+}
+
+fn rgb_bytes(image: &RgbaImage) -> Vec<u8> {
+    image
+        .pixels()
+        .flat_map(|p| [p.0[0], p.0[1], p.0[2]])
+        .collect()
+}
+
+fn red_bytes(image: &RgbaImage) -> Vec<u8> {
+    image.pixels().map(|p| p.0[0]).collect()
+}
+
+fn write_png(
+    width: u32,
+    height: u32,
+    kind: png::ColorType,
+    data: &[u8],
+    dpi: Option<u32>,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(kind);
+    encoder.set_depth(png::BitDepth::Eight);
+    if let Some(dpi) = dpi {
+        let per_metre = (dpi as f64 / 0.0254).round() as u32;
+        encoder.set_pixel_dims(Some(png::PixelDimensions {
+            xppu: per_metre,
+            yppu: per_metre,
+            unit: png::Unit::Meter,
+        }));
+    }
+    let fail = |e: png::EncodingError| Error::Encode(e.to_string());
+    let mut writer = encoder.write_header().map_err(fail)?;
+    writer.write_image_data(data).map_err(fail)?;
+    writer.finish().map_err(fail)?;
+    Ok(out)
+}
+
+fn write_jpeg(image: &RgbaImage, dpi: Option<u32>) -> Result<Vec<u8>> {
+    let flat = flatten_on_white(image);
+    let mut out = Cursor::new(Vec::new());
+    let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80);
+    if let Some(dpi) = dpi {
+        encoder.set_pixel_density(image::codecs::jpeg::PixelDensity::dpi(dpi as u16));
+    }
+    encoder
+        .encode_image(&flat)
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(out.into_inner())
+}
+
+/// A ZIP archive with the files stored uncompressed (they are compressed images already).
+fn stored_zip(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, data) in files {
+        let offset = out.len() as u32;
+        let crc = crc32fast::hash(data);
+        let header = |out: &mut Vec<u8>, signature: u32, central_entry: bool| {
+            out.extend(signature.to_le_bytes());
+            if central_entry {
+                out.extend(20u16.to_le_bytes()); // made by
+            }
+            out.extend(20u16.to_le_bytes()); // version needed
+            out.extend(0u16.to_le_bytes()); // flags
+            out.extend(0u16.to_le_bytes()); // stored
+            out.extend(0u16.to_le_bytes()); // time
+            out.extend(0x21u16.to_le_bytes()); // date: 1980-01-01
+            out.extend(crc.to_le_bytes());
+            out.extend((data.len() as u32).to_le_bytes());
+            out.extend((data.len() as u32).to_le_bytes());
+            out.extend((name.len() as u16).to_le_bytes());
+            out.extend(0u16.to_le_bytes()); // extra length
+            if central_entry {
+                out.extend(0u16.to_le_bytes()); // comment length
+                out.extend(0u16.to_le_bytes()); // disk
+                out.extend(0u16.to_le_bytes()); // internal attributes
+                out.extend(0u32.to_le_bytes()); // external attributes
+                out.extend(offset.to_le_bytes());
+            }
+            out.extend(name.as_bytes());
+        };
+        header(&mut out, 0x0403_4b50, false);
+        out.extend_from_slice(data);
+        header(&mut central, 0x0201_4b50, true);
+    }
+    let central_offset = out.len() as u32;
+    out.extend_from_slice(&central);
+    out.extend(0x0605_4b50u32.to_le_bytes());
+    out.extend(0u16.to_le_bytes());
+    out.extend(0u16.to_le_bytes());
+    out.extend((files.len() as u16).to_le_bytes());
+    out.extend((files.len() as u16).to_le_bytes());
+    out.extend((central.len() as u32).to_le_bytes());
+    out.extend(central_offset.to_le_bytes());
+    out.extend(0u16.to_le_bytes());
+    out
+}

@@ -92,6 +92,12 @@ impl Remover {
     /// The model's raw masks (values 0..255 after min-max, at the model's input size) for a
     /// batch of uploaded images.
     pub fn masks(&self, images: &[GpuImage], timings: &mut Timings) -> Result<Vec<RgbaImage>> {
+        let images: Vec<&GpuImage> = images.iter().collect();
+        self.masks_of(&images, timings)
+    }
+
+    /// [`Remover::masks`] for borrowed images.
+    pub fn masks_of(&self, images: &[&GpuImage], timings: &mut Timings) -> Result<Vec<RgbaImage>> {
         let spec = self.session.spec;
         let size = spec.input_size as u32;
         let start = Instant::now();

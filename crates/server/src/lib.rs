@@ -1,1 +1,146 @@
-//! The HTTP front-end (PhotoRoom and remove.bg compatible). Not built yet: see the open issue.
+//! `cutout serve`: PhotoRoom- and remove.bg-compatible HTTP APIs over the edit pipeline.
+//! Handlers parse and validate into one [`cutout_core::edit::Edit`], then submit a job to
+//! the GPU queue; decoding and encoding run on tokio's blocking pool.
+
+mod api;
+mod body;
+pub mod fetch;
+pub mod keys;
+mod openapi;
+mod queue;
+mod respond;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cutout_core::decode::DecodeLimits;
+use cutout_core::edit::Editor;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+pub use fetch::FetchPolicy;
+pub use keys::KeyStore;
+pub use queue::Batching;
+
+pub struct Config {
+    pub batching: Batching,
+    pub fetch: FetchPolicy,
+    /// Largest request body accepted (uploads), in bytes.
+    pub max_upload: u64,
+    pub decode: DecodeLimits,
+    /// Credits each key may use per server run (the account endpoints report it).
+    pub monthly_credits: f64,
+    pub keys: KeyStore,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            batching: Batching {
+                max_batch: 8,
+                max_wait: Duration::from_millis(5),
+                capacity: 64,
+            },
+            fetch: FetchPolicy::default(),
+            max_upload: 30 * 1024 * 1024,
+            decode: DecodeLimits::default(),
+            monthly_credits: 10_000.0,
+            keys: KeyStore::default(),
+        }
+    }
+}
+
+struct State {
+    config: Config,
+    queue: queue::JobQueue,
+    next_id: AtomicU64,
+}
+
+/// A running server: its address, and a handle to stop it.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Stops accepting, lets in-flight requests finish, then returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `addr` and serves until [`Server::shutdown`].
+pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io::Result<Server> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let (queue, worker) = queue::JobQueue::start(editor, clone_batching(&config.batching));
+    let state = Arc::new(State {
+        config,
+        queue,
+        next_id: AtomicU64::new(1),
+    });
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let graceful = GracefulShutdown::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let state = state.clone();
+                    let service = service_fn(move |request| {
+                        let state = state.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(state, request).await) }
+                    });
+                    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                }
+                _ = stopped.changed() => break,
+            }
+        }
+        // In-flight requests finish; idle keep-alive connections close.
+        graceful.shutdown().await;
+        drop(state);
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    });
+    Ok(Server { addr, stop, task })
+}
+
+fn clone_batching(b: &Batching) -> Batching {
+    Batching {
+        max_batch: b.max_batch,
+        max_wait: b.max_wait,
+        capacity: b.capacity,
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> respond::Reply {
+    let started = Instant::now();
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let mut reply = api::route(&state, request).await;
+    let headers = reply.headers_mut();
+    let value = |text: String| text.parse().expect("header text");
+    headers.insert(
+        "x-request-id",
+        value(format!("{:x}-{id:06}", std::process::id())),
+    );
+    headers.insert(
+        "x-processing-time-ms",
+        value(started.elapsed().as_millis().to_string()),
+    );
+    headers.insert("access-control-allow-origin", value("*".into()));
+    headers.insert("access-control-expose-headers", value("*".into()));
+    reply
+}

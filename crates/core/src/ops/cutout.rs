@@ -7,6 +7,8 @@ pub enum CutoutMode {
     Cutout { background: Option<[f32; 4]> },
     /// The mask alone, as an opaque grey image.
     MaskOnly,
+    /// The image's own alpha channel as a mask (the `mask` argument is ignored).
+    AlphaAsMask,
 }
 
 #[repr(C)]
@@ -27,6 +29,7 @@ impl ImageOps {
         let (mode, background) = match mode {
             CutoutMode::Cutout { background } => (0, background.unwrap_or([0.0; 4])),
             CutoutMode::MaskOnly => (1, [0.0; 4]),
+            CutoutMode::AlphaAsMask => (2, [0.0; 4]),
         };
         let params = self.uniform(&Params {
             pixel_count: image.pixel_count(),

@@ -2,12 +2,23 @@
 //! short wrappers that bind and dispatch them. Images live on the device as RGBA8 packed
 //! into `u32`s, one per pixel.
 
+mod bbox;
+mod blur;
+mod compose;
 mod cutout;
 mod normalize;
+mod outline;
+mod place;
 mod resize;
+mod shadow;
 
+pub use bbox::MaskStats;
+pub use blur::BlurKind;
+pub use compose::{ComposeLayers, ComposeStyle};
 pub use cutout::CutoutMode;
+pub use place::PlaceMap;
 pub use resize::Filter;
+pub use shadow::ShadowLayer;
 
 use wgpu::util::DeviceExt;
 
@@ -34,6 +45,12 @@ pub struct ImageOps {
     find_max: wgpu::ComputePipeline,
     normalize: wgpu::ComputePipeline,
     cutout: wgpu::ComputePipeline,
+    place: wgpu::ComputePipeline,
+    bbox: wgpu::ComputePipeline,
+    blur: blur::Pipelines,
+    outline: outline::Pipelines,
+    shadow: shadow::Pipelines,
+    compose: wgpu::ComputePipeline,
 }
 
 impl ImageOps {
@@ -53,12 +70,25 @@ impl ImageOps {
             "cutout",
             include_str!("../../../../shaders/cutout.wgsl"),
         );
+        let shader = |label: &str, source: &str| compile(gpu, label, source);
+        let place = shader("place", include_str!("../../../../shaders/place.wgsl"));
+        let bbox = shader("bbox", include_str!("../../../../shaders/bbox.wgsl"));
+        let blur = shader("blur", include_str!("../../../../shaders/blur.wgsl"));
+        let outline = shader("outline", include_str!("../../../../shaders/outline.wgsl"));
+        let shadow = shader("shadow", include_str!("../../../../shaders/shadow.wgsl"));
+        let compose = shader("compose", include_str!("../../../../shaders/compose.wgsl"));
         Self {
             gpu: gpu.clone(),
             resize: pipeline(gpu, &resize, "main"),
             find_max: pipeline(gpu, &normalize, "find_max"),
             normalize: pipeline(gpu, &normalize, "normalize"),
             cutout: pipeline(gpu, &cutout, "main"),
+            place: pipeline(gpu, &place, "main"),
+            bbox: pipeline(gpu, &bbox, "main"),
+            blur: blur::Pipelines::new(gpu, &blur),
+            outline: outline::Pipelines::new(gpu, &outline),
+            shadow: shadow::Pipelines::new(gpu, &shadow),
+            compose: pipeline(gpu, &compose, "main"),
         }
     }
 
@@ -90,7 +120,8 @@ impl ImageOps {
             .ok_or_else(|| Error::Encode("read back a buffer of the wrong size".into()))
     }
 
-    fn empty_image(&self, width: u32, height: u32) -> Result<GpuImage> {
+    /// A canvas-sized image with every pixel zero (transparent).
+    pub fn empty_image(&self, width: u32, height: u32) -> Result<GpuImage> {
         self.check_size(width, height)?;
         Ok(GpuImage {
             buffer: self.storage(width as u64 * height as u64 * 4, "image"),
@@ -100,11 +131,19 @@ impl ImageOps {
     }
 
     fn check_size(&self, width: u32, height: u32) -> Result<()> {
-        let bytes = width as u64 * height as u64 * 4;
+        if width == 0 || height == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{width}x{height} has no pixels"
+            )));
+        }
+        self.check_bytes(width as u64 * height as u64 * 4)
+    }
+
+    fn check_bytes(&self, bytes: u64) -> Result<()> {
         let limit = self.gpu.device.limits().max_storage_buffer_binding_size;
-        if width == 0 || height == 0 || bytes > limit {
+        if bytes > limit {
             return Err(Error::TooLarge(format!(
-                "{width}x{height} does not fit this device's largest buffer ({limit} bytes)"
+                "{bytes} bytes do not fit this device's largest buffer ({limit} bytes)"
             )));
         }
         Ok(())
@@ -139,11 +178,27 @@ impl ImageOps {
         buffers: &[&wgpu::Buffer],
         workgroups: [u32; 3],
     ) {
-        let entries: Vec<_> = buffers
+        let bindings: Vec<_> = buffers
             .iter()
             .enumerate()
-            .map(|(i, buffer)| wgpu::BindGroupEntry {
-                binding: i as u32,
+            .map(|(i, b)| (i as u32, *b))
+            .collect();
+        self.dispatch_bound(encoder, pipeline, &bindings, workgroups);
+    }
+
+    /// Records one dispatch with each buffer at its given binding: for shaders whose entry
+    /// points use different subsets of the bindings.
+    fn dispatch_bound(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        pipeline: &wgpu::ComputePipeline,
+        bindings: &[(u32, &wgpu::Buffer)],
+        workgroups: [u32; 3],
+    ) {
+        let entries: Vec<_> = bindings
+            .iter()
+            .map(|(binding, buffer)| wgpu::BindGroupEntry {
+                binding: *binding,
                 resource: buffer.as_entire_binding(),
             })
             .collect();
@@ -224,8 +279,21 @@ fn pipeline(gpu: &Gpu, module: &wgpu::ShaderModule, entry: &str) -> wgpu::Comput
         })
 }
 
+fn compile_entries<const N: usize>(
+    gpu: &Gpu,
+    module: &wgpu::ShaderModule,
+    entries: [&str; N],
+) -> [wgpu::ComputePipeline; N] {
+    entries.map(|entry| pipeline(gpu, module, entry))
+}
+
 fn groups(count: u32, size: u32) -> u32 {
     count.div_ceil(size)
+}
+
+/// 8×8 workgroups covering a `width`×`height` image.
+fn grid(width: u32, height: u32) -> [u32; 3] {
+    [groups(width, 8), groups(height, 8), 1]
 }
 
 /// Workgroups of 256 covering `count` items, as a 2-D grid when one row would pass the

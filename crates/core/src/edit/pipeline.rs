@@ -1,0 +1,367 @@
+//! Runs edits on the GPU, top to bottom: upload → segment (one batch for all jobs) →
+//! measure the mask → place on the canvas → background, shadow, outline → compose → read
+//! back once. Encoding happens afterwards, on the caller's CPU threads (`encode`).
+
+use std::time::Instant;
+
+use image::RgbaImage;
+
+use super::geometry::{self, Rect};
+use super::{BlurMode, Channels, Edit, Fill, Length, Scaling, ShadowMode};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::ops::{
+    BlurKind, ComposeLayers, ComposeStyle, CutoutMode, Filter, GpuImage, ImageOps, MaskStats,
+    PlaceMap, ShadowLayer,
+};
+use crate::remove::{Remover, Timings};
+
+/// One image to edit, with its background image when the edit asks for one.
+pub struct Job {
+    pub image: RgbaImage,
+    pub background: Option<RgbaImage>,
+    pub edit: Edit,
+}
+
+/// A rendered result, before encoding.
+pub struct EditOutput {
+    pub image: RgbaImage,
+    /// The subject's box on the result: left, top, width, height (clipped to the canvas).
+    pub foreground: Option<[u32; 4]>,
+    /// Share of the subject's pixels the model was unsure about (0..1); `None` without a
+    /// model mask.
+    pub uncertainty: Option<f32>,
+    pub timings: Timings,
+}
+
+pub struct Editor {
+    remover: Remover,
+}
+
+impl Editor {
+    pub fn new(remover: Remover) -> Self {
+        Self { remover }
+    }
+
+    pub fn load(gpu: &Gpu, model_name: &str, allow_download: bool) -> Result<Self> {
+        Remover::load(gpu, model_name, allow_download).map(Self::new)
+    }
+
+    pub fn ops(&self) -> &ImageOps {
+        self.remover.ops()
+    }
+
+    pub fn remover(&self) -> &Remover {
+        &self.remover
+    }
+
+    /// Renders every job; segmentation runs as one batch over the jobs that need it. A
+    /// job's failure does not fail the others.
+    pub fn render(&self, jobs: &[Job]) -> Vec<Result<EditOutput>> {
+        let ops = self.ops();
+        let mut timings = Timings::default();
+        let start = Instant::now();
+        let uploaded: Vec<Result<GpuImage>> =
+            jobs.iter().map(|job| ops.upload(&job.image)).collect();
+        timings.prepare += start.elapsed();
+
+        let needs_model: Vec<usize> = (0..jobs.len())
+            .filter(|&i| uploaded[i].is_ok() && needs_model(&jobs[i]))
+            .collect();
+        let batch: Vec<&GpuImage> = needs_model
+            .iter()
+            .map(|&i| uploaded[i].as_ref().expect("filtered to uploaded images"))
+            .collect();
+        let mut masks: Vec<Option<Result<RgbaImage>>> = (0..jobs.len()).map(|_| None).collect();
+        if !batch.is_empty() {
+            match self.remover.masks_of(&batch, &mut timings) {
+                Ok(found) => {
+                    for (&i, mask) in needs_model.iter().zip(found) {
+                        masks[i] = Some(Ok(mask));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for &i in &needs_model {
+                        masks[i] = Some(Err(Error::InvalidModel(message.clone())));
+                    }
+                }
+            }
+        }
+        let share = needs_model.len().max(1) as u32;
+        let per_job = Timings {
+            prepare: timings.prepare / share,
+            forward: timings.forward / share,
+            ..Timings::default()
+        };
+
+        jobs.iter()
+            .zip(uploaded)
+            .zip(masks)
+            .map(|((job, image), mask)| {
+                let image = image?;
+                let mask = mask.transpose()?;
+                let mut timings = per_job;
+                let output = self.finish(job, &image, mask, &mut timings)?;
+                Ok(EditOutput { timings, ..output })
+            })
+            .collect()
+    }
+
+    fn finish(
+        &self,
+        job: &Job,
+        image: &GpuImage,
+        model_mask: Option<RgbaImage>,
+        timings: &mut Timings,
+    ) -> Result<EditOutput> {
+        let ops = self.ops();
+        let edit = &job.edit;
+        let (width, height) = (image.width, image.height);
+        let roi = region_of_interest(edit, width, height)?;
+
+        let start = Instant::now();
+        let mask = match model_mask {
+            Some(mask) => {
+                let small = ops.upload(&mask)?;
+                Some(ops.resize(&small, width, height, Filter::Lanczos3)?)
+            }
+            None => None,
+        };
+        timings.mask_resize += start.elapsed();
+
+        let start = Instant::now();
+        let stats = match (&mask, uses_alpha(job)) {
+            (Some(mask), _) => Some(ops.mask_stats(mask, roi)?),
+            (None, true) => {
+                let alpha = ops.cutout(image, image, CutoutMode::AlphaAsMask)?;
+                Some(ops.mask_stats(&alpha, roi)?)
+            }
+            (None, false) => None,
+        };
+        let subject = match stats {
+            Some(MaskStats {
+                bbox: Some([x0, y0, x1, y1]),
+                ..
+            }) => Some(Rect::new(x0 as f64, y0 as f64, x1 as f64, y1 as f64)),
+            Some(_) => None,
+            None => Some(Rect::new(
+                roi[0] as f64,
+                roi[1] as f64,
+                roi[2] as f64,
+                roi[3] as f64,
+            )),
+        };
+        let mut placement = geometry::place(&edit.layout, [width, height], subject)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        if let Some(max) = edit.max_pixels {
+            placement = placement.within_pixels(max);
+        }
+        if let Some(max) = edit.max_side {
+            placement = placement.within_side(max);
+        }
+        let [cw, ch] = placement.canvas;
+        let map = PlaceMap {
+            canvas: placement.canvas,
+            scale: placement.scale as f32,
+            offset: placement.offset.map(|v| v as f32),
+            roi,
+        };
+        let (subject_layer, subject_mask) = ops.place(image, mask.as_ref(), map)?;
+        let canvas_side = cw.max(ch) as f32;
+
+        let background_layer = match (&edit.background.blur, edit.background.fill) {
+            (Some(blur), _) => {
+                let kind = match blur.mode {
+                    BlurMode::Gaussian => BlurKind::Gaussian,
+                    BlurMode::Bokeh => BlurKind::Bokeh,
+                };
+                let radius = blur.radius * canvas_side;
+                Some(ops.blur(&subject_layer, Some(&subject_mask), kind, radius)?)
+            }
+            (None, Fill::Image(scaling)) => {
+                let background = job.background.as_ref().ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "the edit asks for a background image but none was given".into(),
+                    )
+                })?;
+                let uploaded = ops.upload(background)?;
+                let map = cover_map(&uploaded, placement.canvas, scaling);
+                Some(ops.place(&uploaded, None, map)?.0)
+            }
+            (None, _) => None,
+        };
+        let canvas_subject = subject.map(|s| placement.map(s));
+        let shadow = match (edit.shadow, canvas_subject) {
+            (Some(shadow), Some(bounds)) => {
+                let layers = shadow_layers(shadow.mode, bounds, shadow.opacity);
+                Some(ops.shadow(&subject_mask, &layers)?)
+            }
+            _ => None,
+        };
+        let outline = match edit.outline {
+            Some(outline) => {
+                let band = ops.outline(&subject_mask, outline.width * canvas_side)?;
+                let blur = outline.blur_radius * canvas_side;
+                let band = if blur > 0.0 {
+                    ops.blur(&band, None, BlurKind::Gaussian, blur)?
+                } else {
+                    band
+                };
+                Some((band, outline.color.to_f32()))
+            }
+            None => None,
+        };
+        let background_color = match edit.background.fill {
+            Fill::Color(color) => color.to_f32(),
+            _ => [0.0; 4],
+        };
+        let style = ComposeStyle {
+            background_color,
+            channels: match edit.channels {
+                Channels::Rgba => 0,
+                Channels::Rgb => 1,
+                Channels::Alpha => 2,
+            },
+            matte: [1.0; 4],
+            watermark: edit.watermark,
+        };
+        let composed = ops.compose(
+            &ComposeLayers {
+                background: background_layer.as_ref(),
+                shadow: shadow.as_ref(),
+                outline: outline.as_ref().map(|(band, color)| (band, *color)),
+                subject: &subject_layer,
+                subject_mask: &subject_mask,
+            },
+            style,
+        )?;
+        let result = ops.download(&composed)?;
+        timings.composite += start.elapsed();
+
+        let uncertainty = match (stats, job.edit.remove_background && mask.is_some()) {
+            (Some(stats), true) if stats.foreground > 0 => {
+                Some(stats.uncertain as f32 / stats.foreground as f32)
+            }
+            _ => None,
+        };
+        Ok(EditOutput {
+            image: result,
+            foreground: canvas_subject.and_then(|s| clip_box(s, placement.canvas)),
+            uncertainty,
+            timings: Timings::default(),
+        })
+    }
+}
+
+fn needs_model(job: &Job) -> bool {
+    job.edit.remove_background && !uses_alpha(job)
+}
+
+/// `keepExistingAlphaChannel=auto` on an image that has transparency.
+fn uses_alpha(job: &Job) -> bool {
+    job.edit.remove_background
+        && job.edit.keep_existing_alpha
+        && job.image.pixels().any(|p| p.0[3] < 255)
+}
+
+fn region_of_interest(edit: &Edit, width: u32, height: u32) -> Result<[f32; 4]> {
+    let Some(roi) = edit.region_of_interest else {
+        return Ok([0.0, 0.0, width as f32, height as f32]);
+    };
+    let resolve = |length: Length, of: u32| match length {
+        Length::Ratio(r) => r * of as f32,
+        Length::Pixels(p) => p,
+    };
+    let r = [
+        resolve(roi[0], width),
+        resolve(roi[1], height),
+        resolve(roi[2], width),
+        resolve(roi[3], height),
+    ];
+    if r[2] > width as f32 + 0.5 || r[3] > height as f32 + 0.5 {
+        return Err(Error::InvalidArgument(
+            "roi: the region of interest exceeds the image bounds".into(),
+        ));
+    }
+    if r[2] <= r[0] || r[3] <= r[1] {
+        return Err(Error::InvalidArgument(
+            "roi: the region of interest is empty".into(),
+        ));
+    }
+    Ok(r)
+}
+
+/// A background image centred on the canvas, covering it (`Fill`) or inside it (`Fit`).
+fn cover_map(image: &GpuImage, canvas: [u32; 2], scaling: Scaling) -> PlaceMap {
+    let (w, h) = (image.width as f32, image.height as f32);
+    let (kx, ky) = (canvas[0] as f32 / w, canvas[1] as f32 / h);
+    let scale = match scaling {
+        Scaling::Fill => kx.max(ky),
+        Scaling::Fit => kx.min(ky),
+    };
+    PlaceMap {
+        canvas,
+        scale,
+        offset: [
+            (canvas[0] as f32 - w * scale) / 2.0,
+            (canvas[1] as f32 - h * scale) / 2.0,
+        ],
+        roi: [0.0, 0.0, w, h],
+    }
+}
+
+/// The shadow of each mode as projections of the subject's mask, sized by its box on the
+/// canvas: the ground line is the bottom of the box.
+fn shadow_layers(mode: ShadowMode, subject: Rect, opacity: f32) -> Vec<ShadowLayer> {
+    let (bw, bh) = (subject.width() as f32, subject.height() as f32);
+    let ground = subject.y1 as f32;
+    let centre = (subject.x0 + subject.x1) as f32 / 2.0;
+    let size = bw.max(bh);
+    let layer = |transform, blur: f32, strength: f32| ShadowLayer {
+        transform,
+        blur: blur * size,
+        opacity: (strength * opacity).min(1.0),
+    };
+    // The silhouette squashed to `squash` of its height and resting on `floor`.
+    let flattened = |squash: f32, widen: f32, floor: f32| {
+        [
+            [1.0 / widen, 0.0, centre - centre / widen],
+            [0.0, 1.0 / squash, ground - floor / squash],
+        ]
+    };
+    match mode {
+        ShadowMode::Soft => vec![
+            layer(flattened(0.08, 1.0, ground + 0.01 * bh), 0.012, 0.55),
+            layer(
+                [
+                    [1.0 / 1.02, 0.0, centre - centre / 1.02],
+                    [0.0, 1.0, -0.02 * bh],
+                ],
+                0.035,
+                0.25,
+            ),
+        ],
+        ShadowMode::Hard => {
+            // Cast behind and to the right: 40% of the height, leaning 0.8 px per px.
+            let (q, k) = (0.4, 0.8);
+            vec![
+                layer(
+                    [[1.0, k, -k * ground], [0.0, 1.0 / q, ground - ground / q]],
+                    0.004,
+                    0.45,
+                ),
+                layer(flattened(0.05, 1.0, ground + 0.005 * bh), 0.006, 0.4),
+            ]
+        }
+        ShadowMode::Floating => vec![layer(flattened(0.1, 0.9, ground + 0.06 * bh), 0.025, 0.45)],
+    }
+}
+
+fn clip_box(rect: Rect, canvas: [u32; 2]) -> Option<[u32; 4]> {
+    let x0 = rect.x0.round().clamp(0.0, canvas[0] as f64) as u32;
+    let y0 = rect.y0.round().clamp(0.0, canvas[1] as f64) as u32;
+    let x1 = rect.x1.round().clamp(0.0, canvas[0] as f64) as u32;
+    let y1 = rect.y1.round().clamp(0.0, canvas[1] as f64) as u32;
+    (x1 > x0 && y1 > y0).then(|| [x0, y0, x1 - x0, y1 - y0])
+}

@@ -1,0 +1,62 @@
+use super::{GpuImage, ImageOps, grid};
+use crate::error::Result;
+
+/// A mask's foreground box and pixel counts, from `shaders/bbox.wgsl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaskStats {
+    /// `[x0, y0, x1, y1)` of pixels at or above the foreground threshold.
+    pub bbox: Option<[u32; 4]>,
+    pub foreground: u32,
+    /// Foreground pixels below the certainty threshold.
+    pub uncertain: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    size: [u32; 2],
+    foreground: f32,
+    certain: f32,
+    roi: [f32; 4],
+}
+
+/// Mask values at or above this count as foreground (the subject box, cropped sides).
+pub const FOREGROUND: f32 = 0.05;
+/// Foreground values below this are uncertain.
+pub const CERTAIN: f32 = 0.95;
+
+impl ImageOps {
+    /// Statistics of `mask` (red channel) inside `roi` (`x0, y0, x1, y1` in pixels).
+    pub fn mask_stats(&self, mask: &GpuImage, roi: [f32; 4]) -> Result<MaskStats> {
+        let params = self.uniform(&Params {
+            size: [mask.width, mask.height],
+            foreground: FOREGROUND,
+            certain: CERTAIN,
+            roi,
+        });
+        let initial: [u32; 6] = [u32::MAX, u32::MAX, 0, 0, 0, 0];
+        let stats = wgpu::util::DeviceExt::create_buffer_init(
+            &self.gpu.device,
+            &wgpu::util::BufferInitDescriptor {
+                label: Some("mask stats"),
+                contents: bytemuck::cast_slice(&initial),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            },
+        );
+        let mut encoder = self.encoder();
+        self.dispatch(
+            &mut encoder,
+            &self.bbox,
+            &[&params, &mask.buffer, &stats],
+            grid(mask.width, mask.height),
+        );
+        self.submit(encoder);
+        let bytes = self.read_buffer(&stats, 24)?;
+        let v: &[u32] = bytemuck::cast_slice(&bytes);
+        Ok(MaskStats {
+            bbox: (v[4] > 0).then(|| [v[0], v[1], v[2], v[3]]),
+            foreground: v[4],
+            uncertain: v[5],
+        })
+    }
+}

@@ -1,0 +1,568 @@
+//! The endpoints. Each one: authenticate → read the body → parse into an `Edit` → fetch or
+//! take the image bytes → run the job → reply in its dialect.
+
+use base64::Engine;
+use bytes::Bytes;
+use cutout_core::edit::{Edit, Job, photoroom, removebg};
+use cutout_core::encode::{Encoded, encode_result};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use serde_json::json;
+
+use crate::State;
+use crate::body::{self, BodyError, Form};
+use crate::fetch::{self, FetchError};
+use crate::keys::Key;
+use crate::queue::Rejected;
+use crate::respond::{Dialect, Failure, Reply, error_reply, json_reply};
+
+pub async fn route(state: &State, request: Request<Incoming>) -> Reply {
+    let path = request.uri().path().trim_end_matches('/').to_string();
+    let method = request.method().clone();
+    let dialect = match path.as_str() {
+        "/v1/segment" => Dialect::Segment,
+        "/v2/edit" | "/v1/account" | "/v2/account" => Dialect::PhotoRoom,
+        "/v1.0/removebg" | "/v1.0/account" => Dialect::RemoveBg,
+        _ => Dialect::Simple,
+    };
+    let result = match (&method, path.as_str()) {
+        (&Method::OPTIONS, _) => Ok(preflight()),
+        (&Method::GET, "/openapi.json") => {
+            Ok(json_reply(StatusCode::OK, crate::openapi::document()))
+        }
+        (&Method::GET, "/health") => Ok(json_reply(
+            StatusCode::OK,
+            json!({"status": "ok", "queued": state.queue.in_flight()}),
+        )),
+        (&Method::POST, "/v1/segment") => segment(state, request).await,
+        (&Method::GET | &Method::POST, "/v2/edit") => edit(state, request).await,
+        (&Method::GET, "/v1/account" | "/v2/account") => photoroom_account(state, &request, &path),
+        (&Method::POST, "/v1.0/removebg") => remove_bg(state, request).await,
+        (&Method::GET, "/v1.0/account") => remove_bg_account(state, &request),
+        (&Method::POST, "/v1/remove-background" | "/remove-background") => {
+            simple(state, request).await
+        }
+        (
+            _,
+            "/v1/segment" | "/v2/edit" | "/v1/account" | "/v2/account" | "/v1.0/removebg"
+            | "/v1.0/account",
+        )
+        | (_, "/v1/remove-background" | "/remove-background") => Err(Failure::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no endpoint at {path}"),
+        )),
+    };
+    result.unwrap_or_else(|failure| error_reply(dialect, &failure))
+}
+
+fn preflight() -> Reply {
+    let mut reply = json_reply(StatusCode::NO_CONTENT, serde_json::Value::Null);
+    *reply.body_mut() = Default::default();
+    let headers = reply.headers_mut();
+    headers.insert(
+        "access-control-allow-methods",
+        "GET, POST, OPTIONS".parse().expect("ascii"),
+    );
+    headers.insert("access-control-allow-headers", "*".parse().expect("ascii"));
+    reply
+}
+
+/// The caller's key: `None` when the server has no keys (open mode).
+fn authenticate<'a>(
+    state: &'a State,
+    request: &Request<Incoming>,
+    dialect: Dialect,
+) -> Result<Option<&'a Key>, Failure> {
+    let keys = &state.config.keys;
+    if keys.is_open() {
+        return Ok(None);
+    }
+    let denied = if dialect == Dialect::Simple {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::FORBIDDEN
+    };
+    let presented = request
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
+    let (missing, invalid) = match dialect {
+        Dialect::Simple => ("authentication_error", "authentication_error"),
+        _ => ("missing_api_key", "auth_failed"),
+    };
+    let code = invalid;
+    match presented {
+        None => Err(Failure::new(
+            denied,
+            missing,
+            "Missing API Key: send it in the x-api-key header",
+        )),
+        Some(key) => keys
+            .find(key.trim())
+            .map(Some)
+            .ok_or_else(|| Failure::new(denied, code, "API Key invalid")),
+    }
+}
+
+fn charge_check(state: &State, key: Option<&Key>, credits: f64) -> Result<(), Failure> {
+    if let Some(key) = key
+        && state.config.keys.used(&key.hash) + credits > state.config.monthly_credits
+    {
+        let code = "insufficient_credits";
+        return Err(Failure::new(
+            StatusCode::PAYMENT_REQUIRED,
+            code,
+            "Insufficient credits",
+        ));
+    }
+    Ok(())
+}
+
+fn body_failure(error: BodyError, dialect: Dialect) -> Failure {
+    match error {
+        BodyError::TooLarge(limit) => {
+            let code = match dialect {
+                Dialect::RemoveBg => "file_too_large",
+                Dialect::Simple => "image_too_large",
+                _ => "payload_too_large",
+            };
+            Failure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                code,
+                format!("the request body is larger than {limit} bytes"),
+            )
+        }
+        BodyError::Unsupported(message) => Failure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        ),
+        BodyError::Malformed(message) => Failure::bad_request("validation_error", message),
+    }
+}
+
+/// A rendered and encoded result with what the headers report.
+struct Rendered {
+    encoded: Encoded,
+    width: u32,
+    height: u32,
+    foreground: Option<[u32; 4]>,
+    uncertainty: Option<f32>,
+}
+
+/// Decodes, renders on the GPU queue and encodes one image.
+async fn render(
+    state: &State,
+    image: Bytes,
+    background: Option<Bytes>,
+    edit: Edit,
+    key: Option<&Key>,
+) -> Result<Rendered, Failure> {
+    let limits = state.config.decode;
+    let decode = |bytes: Bytes, what: &'static str| async move {
+        tokio::task::spawn_blocking(move || cutout_core::decode::decode(&bytes, limits))
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    e.to_string(),
+                )
+            })?
+            .map_err(|e| match e {
+                cutout_core::Error::TooLarge(m) => {
+                    Failure::bad_request("resolution_too_high", format!("{what}: {m}"))
+                }
+                other => Failure::bad_request("failed_to_read_image", format!("{what}: {other}")),
+            })
+    };
+    let image = decode(image, "image").await?;
+    let background = match background {
+        Some(bytes) => Some(decode(bytes, "background image").await?),
+        None => None,
+    };
+    let mut edit = edit;
+    edit.watermark |= key.is_some_and(|k| k.sandbox);
+    let (format, channels, dpi) = (edit.format, edit.channels, edit.dpi);
+    let output = match state
+        .queue
+        .render(Job {
+            image,
+            background,
+            edit,
+        })
+        .await
+    {
+        Ok(Ok(output)) => output,
+        Ok(Err(cutout_core::Error::InvalidArgument(message))) => {
+            let code = if message.starts_with("roi") {
+                "invalid_roi"
+            } else {
+                "validation_error"
+            };
+            return Err(Failure::bad_request(code, message));
+        }
+        Ok(Err(cutout_core::Error::TooLarge(message))) => {
+            return Err(Failure::bad_request("resolution_too_high", message));
+        }
+        Ok(Err(other)) => {
+            return Err(Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                other.to_string(),
+            ));
+        }
+        Err(Rejected::Busy { retry_after }) => {
+            let mut failure = Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_busy",
+                "the GPU queue is full; retry later",
+            );
+            failure.retry_after = Some(retry_after);
+            return Err(failure);
+        }
+        Err(Rejected::Stopped) => {
+            return Err(Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down",
+            ));
+        }
+    };
+    let (width, height) = output.image.dimensions();
+    let (foreground, uncertainty) = (output.foreground, output.uncertainty);
+    let encoded =
+        tokio::task::spawn_blocking(move || encode_result(&output.image, format, channels, dpi))
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    e.to_string(),
+                )
+            })?
+            .map_err(|e| {
+                Failure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    e.to_string(),
+                )
+            })?;
+    Ok(Rendered {
+        encoded,
+        width,
+        height,
+        foreground,
+        uncertainty,
+    })
+}
+
+async fn fetch_url(
+    state: &State,
+    url: String,
+    dialect: Dialect,
+    background: bool,
+) -> Result<Bytes, Failure> {
+    let policy = state.config.fetch.clone();
+    let result = tokio::task::spawn_blocking(move || fetch::fetch(&url, &policy))
+        .await
+        .map_err(|e| {
+            Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                e.to_string(),
+            )
+        })?;
+    let (refused, failed) = match (dialect, background) {
+        (Dialect::RemoveBg, false) => ("invalid_image_url", "failed_image_download"),
+        (Dialect::RemoveBg, true) => ("invalid_bg_image_url", "failed_bg_download"),
+        _ => ("validation_error", "failed_image_download"),
+    };
+    result.map(Bytes::from).map_err(|e| match e {
+        FetchError::Refused(why) => Failure::bad_request(refused, why),
+        FetchError::TooLarge(limit) => Failure::bad_request(
+            "file_too_large",
+            format!("the image at the URL is larger than {limit} bytes"),
+        ),
+        FetchError::Failed(why) => Failure::bad_request(failed, why),
+    })
+}
+
+fn image_reply(rendered: &Rendered) -> hyper::http::response::Builder {
+    let mut builder = hyper::Response::builder()
+        .status(StatusCode::OK)
+        .header("x-image-width", rendered.width)
+        .header("x-image-height", rendered.height)
+        .header("x-width", rendered.width)
+        .header("x-height", rendered.height);
+    if let Some([left, top, width, height]) = rendered.foreground {
+        builder = builder
+            .header("x-foreground-top", top)
+            .header("x-foreground-left", left)
+            .header("x-foreground-width", width)
+            .header("x-foreground-height", height);
+    }
+    let score = rendered
+        .uncertainty
+        .map_or("-1".to_string(), |u| format!("{u:.4}"));
+    builder.header("x-uncertainty-score", score)
+}
+
+fn wants_json(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"))
+}
+
+fn field_failure(e: cutout_core::edit::FieldError) -> Failure {
+    Failure::bad_request("validation_error", e.to_string())
+}
+
+async fn segment(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
+    let key = authenticate(state, &request, Dialect::Segment)?;
+    let json_wanted = wants_json(&request);
+    let form = body::read_form(request, state.config.max_upload)
+        .await
+        .map_err(|e| body_failure(e, Dialect::Segment))?;
+    let edit = photoroom::parse_v1_segment(form.parameters()).map_err(field_failure)?;
+    let image = form
+        .file("image_file")
+        .cloned()
+        .ok_or_else(|| Failure::bad_request("missing_image", "Please provide an image."))?;
+    let credits = if edit.max_pixels == Some(250_000) {
+        0.25
+    } else {
+        1.0
+    };
+    charge_check(state, key, credits)?;
+    let rendered = render(state, image, None, edit, key).await?;
+    if let Some(key) = key {
+        state.config.keys.charge(&key.hash, credits);
+    }
+    let builder = image_reply(&rendered).header("x-credits-charged", credits.to_string());
+    Ok(if json_wanted {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&rendered.encoded.bytes);
+        builder.header("content-type", "application/json").body(
+            json!({"result_b64": b64, "base64img": b64})
+                .to_string()
+                .into(),
+        )
+    } else {
+        builder
+            .header("content-type", rendered.encoded.mime)
+            .body(rendered.encoded.bytes.into())
+    }
+    .expect("valid response"))
+}
+
+async fn edit(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
+    let key = authenticate(state, &request, Dialect::PhotoRoom)?;
+    let form = if request.method() == Method::GET {
+        Form {
+            fields: body::query(&request),
+            files: Vec::new(),
+        }
+    } else {
+        let mut form = body::read_form(request, state.config.max_upload)
+            .await
+            .map_err(|e| body_failure(e, Dialect::PhotoRoom))?;
+        form.fields
+            .retain(|(name, _)| !form_has_file(&form.files, name));
+        form
+    };
+    let edit = photoroom::parse_v2_edit(form.parameters()).map_err(field_failure)?;
+    let image = match (form.file("imageFile"), form.field("imageUrl")) {
+        (Some(bytes), _) => bytes.clone(),
+        (None, Some(url)) => fetch_url(state, url.to_string(), Dialect::PhotoRoom, false).await?,
+        (None, None) => {
+            return Err(Failure::bad_request(
+                "missing_image",
+                "imageUrl: Required (or send imageFile)",
+            ));
+        }
+    };
+    let background = match (
+        form.file("background.imageFile"),
+        form.field("background.imageUrl"),
+    ) {
+        (Some(bytes), _) => Some(bytes.clone()),
+        (None, Some(url)) => {
+            Some(fetch_url(state, url.to_string(), Dialect::PhotoRoom, true).await?)
+        }
+        (None, None) => None,
+    };
+    charge_check(state, key, 1.0)?;
+    let rendered = render(state, image, background, edit, key).await?;
+    if let Some(key) = key {
+        state.config.keys.charge(&key.hash, 1.0);
+    }
+    Ok(image_reply(&rendered)
+        .header("content-type", rendered.encoded.mime)
+        .header("x-credits-charged", "1")
+        .body(rendered.encoded.bytes.into())
+        .expect("valid response"))
+}
+
+fn form_has_file(files: &[(String, Bytes)], name: &str) -> bool {
+    files.iter().any(|(k, _)| k == name)
+}
+
+fn photoroom_account(
+    state: &State,
+    request: &Request<Incoming>,
+    path: &str,
+) -> Result<Reply, Failure> {
+    let key = authenticate(state, request, Dialect::PhotoRoom)?;
+    let total = state.config.monthly_credits;
+    let available = total - key.map_or(0.0, |k| state.config.keys.used(&k.hash));
+    let body = if path == "/v1/account" {
+        json!({"credits": {"available": available, "subscription": total}})
+    } else {
+        json!({"images": {"available": available, "subscription": total}, "plan": "self-hosted"})
+    };
+    Ok(json_reply(StatusCode::OK, body))
+}
+
+async fn remove_bg(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
+    let key = authenticate(state, &request, Dialect::RemoveBg)?;
+    let json_wanted = wants_json(&request);
+    let form = body::read_form(request, state.config.max_upload)
+        .await
+        .map_err(|e| body_failure(e, Dialect::RemoveBg))?;
+    let edit = removebg::parse(form.parameters())
+        .map_err(|e| Failure::bad_request(removebg::error_code(&e.field), e.to_string()))?;
+
+    let sources = [
+        form.file("image_file").is_some(),
+        form.field("image_file_b64").is_some(),
+        form.field("image_url").is_some(),
+    ];
+    match sources.iter().filter(|&&given| given).count() {
+        0 => {
+            return Err(Failure::bad_request(
+                "missing_source",
+                "No image given: send image_file, image_file_b64 or image_url",
+            ));
+        }
+        1 => {}
+        _ => {
+            return Err(Failure::bad_request(
+                "multiple_sources",
+                "give exactly one of image_file, image_file_b64 and image_url",
+            ));
+        }
+    }
+    let image = if let Some(bytes) = form.file("image_file") {
+        bytes.clone()
+    } else if let Some(b64) = form.field("image_file_b64") {
+        let data = b64.split_once("base64,").map_or(b64, |(_, data)| data);
+        base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map(Bytes::from)
+            .map_err(|e| {
+                Failure::bad_request(
+                    "failed_to_read_image",
+                    format!("image_file_b64 is not base64: {e}"),
+                )
+            })?
+    } else {
+        let url = form.field("image_url").expect("counted above").to_string();
+        fetch_url(state, url, Dialect::RemoveBg, false).await?
+    };
+    let background = match (form.file("bg_image_file"), form.field("bg_image_url")) {
+        (Some(bytes), _) => Some(bytes.clone()),
+        (None, Some(url)) => {
+            Some(fetch_url(state, url.to_string(), Dialect::RemoveBg, true).await?)
+        }
+        (None, None) => None,
+    };
+    let credits = if edit.max_pixels == Some(250_000) {
+        0.25
+    } else {
+        1.0
+    };
+    charge_check(state, key, credits)?;
+    let rendered = render(state, image, background, edit, key).await?;
+    if let Some(key) = key {
+        state.config.keys.charge(&key.hash, credits);
+    }
+    let mut builder = image_reply(&rendered).header("x-credits-charged", credits.to_string());
+    if let Some(kind) = form.field("type").filter(|t| *t != "auto")
+        && form.field("type_level") != Some("none")
+    {
+        builder = builder.header("x-type", kind);
+    }
+    Ok(if json_wanted {
+        let [left, top, width, height] = rendered.foreground.unwrap_or([0; 4]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&rendered.encoded.bytes);
+        builder.header("content-type", "application/json").body(
+            json!({"data": {
+                "result_b64": b64,
+                "foreground_top": top,
+                "foreground_left": left,
+                "foreground_width": width,
+                "foreground_height": height,
+            }})
+            .to_string()
+            .into(),
+        )
+    } else {
+        builder
+            .header("content-type", rendered.encoded.mime)
+            .body(rendered.encoded.bytes.into())
+    }
+    .expect("valid response"))
+}
+
+fn remove_bg_account(state: &State, request: &Request<Incoming>) -> Result<Reply, Failure> {
+    let key = authenticate(state, request, Dialect::RemoveBg)?;
+    let available =
+        state.config.monthly_credits - key.map_or(0.0, |k| state.config.keys.used(&k.hash));
+    Ok(json_reply(
+        StatusCode::OK,
+        json!({"data": {"attributes": {
+            "credits": {"total": available, "subscription": available, "payg": 0.0, "enterprise": 0.0},
+            "api": {"free_calls": 0, "sizes": "all"},
+        }}}),
+    ))
+}
+
+/// The simple API: `image` (or `image_file`/`file`), `format`, `channels`, `bg_color`,
+/// `size` (longest side) and `crop`.
+async fn simple(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
+    let key = authenticate(state, &request, Dialect::Simple)?;
+    let form = body::read_form(request, 20 * 1024 * 1024)
+        .await
+        .map_err(|e| body_failure(e, Dialect::Simple))?;
+    let image = ["image", "image_file", "file"]
+        .iter()
+        .find_map(|name| form.file(name))
+        .cloned()
+        .ok_or_else(|| Failure::bad_request("missing_image", "No image file provided"))?;
+    let edit = cutout_core::edit::simple::parse(form.fields.clone())
+        .map_err(|e| Failure::bad_request("validation_error", e.to_string()))?;
+    charge_check(state, key, 1.0)?;
+    let rendered = render(state, image, None, edit, key).await?;
+    if let Some(key) = key {
+        state.config.keys.charge(&key.hash, 1.0);
+    }
+    Ok(image_reply(&rendered)
+        .header("content-type", rendered.encoded.mime)
+        .body(rendered.encoded.bytes.into())
+        .expect("valid response"))
+}

@@ -1,0 +1,120 @@
+//! The server's OpenAPI document, generated from the parameter tables the parsers use.
+
+use cutout_core::edit::params::{Kind, Param};
+use cutout_core::edit::{photoroom, removebg, simple};
+use serde_json::{Value, json};
+
+fn schema(kind: Kind) -> Value {
+    match kind {
+        Kind::Bool => json!({"type": "boolean"}),
+        Kind::Number { min, max } => json!({"type": "number", "minimum": min, "maximum": max}),
+        Kind::Integer { min, max } => json!({"type": "integer", "minimum": min, "maximum": max}),
+        Kind::Enum(values) => json!({"type": "string", "enum": values}),
+        Kind::Color => json!({"type": "string", "example": "FFFFFF"}),
+        Kind::Spacing => json!({"oneOf": [
+            {"type": "number", "minimum": 0, "maximum": 0.49},
+            {"type": "string", "pattern": "^(\\d+(\\.\\d+)?%|\\d+(\\.\\d+)?px)$"}
+        ]}),
+        Kind::Text => json!({"type": "string"}),
+        Kind::Url => json!({"type": "string", "format": "uri"}),
+        Kind::File => json!({"type": "string", "format": "binary"}),
+    }
+}
+
+fn properties(table: &[Param]) -> Value {
+    let map: serde_json::Map<String, Value> = table
+        .iter()
+        .map(|p| {
+            let mut s = schema(p.kind);
+            s["description"] = json!(p.doc);
+            (p.name.to_string(), s)
+        })
+        .collect();
+    Value::Object(map)
+}
+
+fn query_parameters(table: &[Param]) -> Value {
+    table
+        .iter()
+        .filter(|p| !matches!(p.kind, Kind::File))
+        .map(|p| json!({"name": p.name, "in": "query", "description": p.doc, "schema": schema(p.kind)}))
+        .collect()
+}
+
+fn image_responses() -> Value {
+    json!({
+        "200": {"description": "The edited image", "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/webp": {"schema": {"type": "string", "format": "binary"}}
+        }},
+        "400": {"description": "Invalid parameters or unreadable image"},
+        "402": {"description": "Insufficient credits"},
+        "403": {"description": "Missing or invalid API key"},
+        "413": {"description": "Upload too large"},
+        "415": {"description": "Unsupported content type"},
+        "503": {"description": "GPU queue full; see Retry-After"}
+    })
+}
+
+fn form_body(table: &[Param], json_too: bool) -> Value {
+    let schema = json!({"type": "object", "properties": properties(table)});
+    let mut content = json!({"multipart/form-data": {"schema": schema}});
+    if json_too {
+        let text_only: Vec<Param> = table
+            .iter()
+            .copied()
+            .filter(|p| !matches!(p.kind, Kind::File))
+            .collect();
+        let text_schema = json!({"type": "object", "properties": properties(&text_only)});
+        content["application/x-www-form-urlencoded"] = json!({"schema": text_schema});
+        content["application/json"] = json!({"schema": text_schema});
+    }
+    json!({"required": true, "content": content})
+}
+
+pub fn document() -> Value {
+    let account = json!({"get": {"summary": "Account credits", "responses": {"200": {"description": "Credits"}}}});
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "cutout",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Self-hosted background removal and product-photo editing, compatible with PhotoRoom and remove.bg."
+        },
+        "components": {"securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}},
+        "security": [{"apiKey": []}],
+        "paths": {
+            "/v1/segment": {"post": {
+                "summary": "Remove the background (PhotoRoom)",
+                "requestBody": form_body(photoroom::V1_SEGMENT, false),
+                "responses": image_responses()
+            }},
+            "/v2/edit": {
+                "get": {
+                    "summary": "Edit an image by URL (PhotoRoom v2)",
+                    "parameters": query_parameters(photoroom::V2_EDIT),
+                    "responses": image_responses()
+                },
+                "post": {
+                    "summary": "Edit an uploaded image (PhotoRoom v2)",
+                    "requestBody": form_body(photoroom::V2_EDIT, false),
+                    "responses": image_responses()
+                }
+            },
+            "/v1/account": account,
+            "/v2/account": account,
+            "/v1.0/removebg": {"post": {
+                "summary": "Remove the background (remove.bg)",
+                "requestBody": form_body(removebg::REMOVEBG, true),
+                "responses": image_responses()
+            }},
+            "/v1.0/account": account,
+            "/v1/remove-background": {"post": {
+                "summary": "Remove the background (simple API)",
+                "requestBody": form_body(simple::SIMPLE, false),
+                "responses": image_responses()
+            }}
+        }
+    })
+}

@@ -1,0 +1,499 @@
+//! The server over real HTTP on loopback: every endpoint, the reference documents' curl
+//! examples with only the host changed, and bad input of each kind.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use cutout_core::edit::Editor;
+use cutout_core::gpu::{DevicePreference, Gpu};
+use cutout_server::{Config, KeyStore};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::new(DevicePreference::Cpu).expect("software adapter"))
+}
+
+/// Starts a server on its own runtime thread and returns its address.
+fn start(config: Config) -> SocketAddr {
+    let editor = Editor::load(gpu(), "u2netp", false).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let server = cutout_server::start("127.0.0.1:0".parse().unwrap(), editor, config)
+                .await
+                .unwrap();
+            tx.send(server.addr).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn server() -> SocketAddr {
+    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDR.get_or_init(|| start(Config::default()))
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// Runs curl with `args` against `path` on the server, returning status, headers and body.
+fn curl(addr: SocketAddr, path: &str, args: &[&str]) -> Reply {
+    let dir = std::env::temp_dir().join(format!(
+        "cutout-http-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let headers = dir.join("headers");
+    let body = dir.join("body");
+    let url = format!("http://{addr}{path}");
+    let output = Command::new("curl")
+        .args(["-s", "-D"])
+        .arg(&headers)
+        .arg("-o")
+        .arg(&body)
+        .args(["-w", "%{http_code}"])
+        .args(args)
+        .arg(&url)
+        .output()
+        .expect("curl is installed");
+    let status: u16 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let header_text = std::fs::read_to_string(&headers).unwrap_or_default();
+    let headers = header_text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let body = std::fs::read(&body).unwrap_or_default();
+    std::fs::remove_dir_all(&dir).ok();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn photo() -> String {
+    format!("@{}", fixture("images/chelsea.jpg").display())
+}
+
+#[test]
+fn segment_returns_a_cutout_with_headers() {
+    let image = format!("image_file={}", photo());
+    let reply = curl(
+        server(),
+        "/v1/segment",
+        &["-H", "x-api-key: anything", "-F", &image],
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.header("content-type"), Some("image/png"));
+    let decoded = image::load_from_memory(&reply.body).unwrap().into_rgba8();
+    assert_eq!(
+        Some(decoded.width().to_string().as_str()),
+        reply.header("x-image-width")
+    );
+    assert!(decoded.pixels().any(|p| p.0[3] == 0) && decoded.pixels().any(|p| p.0[3] == 255));
+    for name in [
+        "x-request-id",
+        "x-processing-time-ms",
+        "x-foreground-top",
+        "x-foreground-width",
+        "x-credits-charged",
+    ] {
+        assert!(reply.header(name).is_some(), "missing {name}");
+    }
+    let score: f32 = reply
+        .header("x-uncertainty-score")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&score));
+}
+
+#[test]
+fn segment_preview_alpha_jpg_and_crop() {
+    let image = format!("image_file={}", photo());
+    let reply = curl(
+        server(),
+        "/v1/segment",
+        &[
+            "-F",
+            &image,
+            "-F",
+            "size=preview",
+            "-F",
+            "channels=alpha",
+            "-F",
+            "crop=true",
+        ],
+    );
+    assert_eq!(reply.status, 200);
+    let decoded = image::load_from_memory(&reply.body).unwrap();
+    assert!(decoded.width() as u64 * decoded.height() as u64 <= 250_000);
+    assert_eq!(reply.header("x-credits-charged"), Some("0.25"));
+    assert_eq!(decoded.color(), image::ColorType::L8, "alpha channel only");
+}
+
+#[test]
+fn segment_errors_use_its_shape() {
+    let reply = curl(server(), "/v1/segment", &["-F", "format=png"]);
+    assert_eq!(reply.status, 400);
+    let body = reply.json();
+    assert_eq!(body["type"], "missing_image");
+    assert_eq!(body["status_code"], 400);
+    let image = format!("image_file={}", photo());
+    let reply = curl(server(), "/v1/segment", &["-F", &image, "-F", "size=giant"]);
+    assert_eq!(reply.status, 400);
+    assert!(reply.json()["detail"].as_str().unwrap().contains("size"));
+}
+
+#[test]
+fn v2_edit_post_places_the_subject_on_a_white_square() {
+    // The guide's example, as multipart.
+    let image = format!("imageFile={}", photo());
+    let reply = curl(
+        server(),
+        "/v2/edit",
+        &[
+            "-H",
+            "x-api-key: YOUR_API_KEY",
+            "-F",
+            &image,
+            "-F",
+            "background.color=FFFFFF",
+            "-F",
+            "outputSize=400x400",
+            "-F",
+            "padding=0.1",
+            "-F",
+            "shadow.mode=ai.soft",
+            "-F",
+            "export.format=jpeg",
+        ],
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.header("content-type"), Some("image/jpeg"));
+    let decoded = image::load_from_memory(&reply.body).unwrap().into_rgb8();
+    assert_eq!(decoded.dimensions(), (400, 400));
+    let corner = decoded.get_pixel(1, 1).0;
+    assert!(corner.iter().all(|&c| c >= 250), "white corner {corner:?}");
+}
+
+#[test]
+fn v2_edit_rejects_generative_unknown_and_out_of_range_parameters() {
+    let image = format!("imageFile={}", photo());
+    for (field, value) in [
+        ("background.prompt", "a beach"),
+        ("beautify.mode", "ai.auto"),
+        ("upscale.mode", "ai.fast"),
+        ("background.blur.radius", "0.5"),
+        ("outline.width", "0.3"),
+        ("padding", "0.7"),
+        ("colour", "red"),
+    ] {
+        let set = format!("{field}={value}");
+        let reply = curl(server(), "/v2/edit", &["-F", &image, "-F", &set]);
+        assert_eq!(reply.status, 400, "{field}");
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.starts_with(field), "{field}: {message}");
+    }
+    let reply = curl(
+        server(),
+        "/v2/edit",
+        &[
+            "-G",
+            "--data-urlencode",
+            "imageUrl=https://example.com/a.jpg",
+            "--data-urlencode",
+            "removeBackground=false",
+            "--data-urlencode",
+            "background.imageUrl=https://example.com/b.jpg",
+        ],
+    );
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("removeBackground")
+    );
+}
+
+#[test]
+fn v2_edit_get_refuses_private_urls() {
+    let target = format!("imageUrl=http://{}/openapi.json", server());
+    let reply = curl(server(), "/v2/edit", &["-G", "--data-urlencode", &target]);
+    assert_eq!(reply.status, 400);
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("non-public"), "{message}");
+    let reply = curl(
+        server(),
+        "/v2/edit",
+        &["-G", "--data-urlencode", "imageUrl=file:///etc/passwd"],
+    );
+    assert_eq!(reply.status, 400);
+}
+
+#[test]
+fn removebg_json_result_and_headers() {
+    use base64::Engine;
+    let bytes = std::fs::read(fixture("images/chelsea.jpg")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let body = serde_json::json!({"image_file_b64": b64, "size": "preview", "type": "animal", "crop": true}).to_string();
+    let reply = curl(
+        server(),
+        "/v1.0/removebg",
+        &[
+            "-H",
+            "X-Api-Key: INSERT_YOUR_API_KEY_HERE",
+            "-H",
+            "Accept: application/json",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+        ],
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let json = reply.json();
+    let result = base64::engine::general_purpose::STANDARD
+        .decode(json["data"]["result_b64"].as_str().unwrap())
+        .unwrap();
+    let decoded = image::load_from_memory(&result).unwrap();
+    assert_eq!(json["data"]["foreground_width"], decoded.width());
+    assert_eq!(reply.header("x-type"), Some("animal"));
+    assert_eq!(reply.header("x-credits-charged"), Some("0.25"));
+}
+
+#[test]
+fn removebg_multipart_zip() {
+    let image = format!("image_file={}", photo());
+    let reply = curl(
+        server(),
+        "/v1.0/removebg",
+        &["-F", &image, "-F", "size=auto", "-F", "format=zip"],
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/zip"));
+    assert_eq!(&reply.body[..4], b"PK\x03\x04");
+    let text = String::from_utf8_lossy(&reply.body);
+    assert!(text.contains("color.jpg") && text.contains("alpha.png"));
+}
+
+#[test]
+fn removebg_errors_use_its_shape() {
+    let image = format!("image_file={}", photo());
+    let cases: [(&[&str], &str); 4] = [
+        (&["-F", "size=auto"], "missing_source"),
+        (&["-F", &image, "-F", "scale=5%"], "invalid_scale"),
+        (
+            &[
+                "-F",
+                &image,
+                "-F",
+                "bg_color=fff",
+                "-F",
+                "bg_image_url=https://example.com/b.jpg",
+            ],
+            "multiple_bg_sources",
+        ),
+        (
+            &["-F", &image, "-F", "image_url=https://example.com/a.jpg"],
+            "multiple_sources",
+        ),
+    ];
+    for (args, code) in cases {
+        let reply = curl(server(), "/v1.0/removebg", args);
+        assert_eq!(reply.status, 400, "{code}");
+        let json = reply.json();
+        assert_eq!(json["errors"][0]["code"], code);
+        assert!(json["errors"][0]["title"].is_string());
+    }
+}
+
+#[test]
+fn bad_bodies_are_refused_and_the_server_keeps_serving() {
+    // Corrupt and truncated images.
+    let corrupt = format!(
+        "image_file=@{};type=image/jpeg",
+        fixture("decode/truncated.jpg").display()
+    );
+    let reply = curl(server(), "/v1/segment", &["-F", &corrupt]);
+    assert_eq!(
+        reply.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    // Declared too large: refused from the header, without reading the body.
+    let reply = curl(
+        server(),
+        "/v1/segment",
+        &[
+            "-H",
+            "Content-Length: 999999999",
+            "-H",
+            "Content-Type: multipart/form-data; boundary=x",
+            "--data-binary",
+            "x",
+            "--max-time",
+            "5",
+        ],
+    );
+    assert_eq!(reply.status, 413);
+    // Unsupported content type.
+    let reply = curl(
+        server(),
+        "/v1.0/removebg",
+        &["-H", "Content-Type: text/plain", "--data-binary", "hello"],
+    );
+    assert_eq!(reply.status, 415);
+    // Unknown path.
+    assert_eq!(curl(server(), "/nope", &[]).status, 404);
+    // Still serving.
+    let image = format!("image_file={}", photo());
+    assert_eq!(
+        curl(
+            server(),
+            "/v1/segment",
+            &["-F", &image, "-F", "size=preview"]
+        )
+        .status,
+        200
+    );
+}
+
+#[test]
+fn account_endpoints_have_the_documented_shapes() {
+    let v1 = curl(server(), "/v1/account", &[]).json();
+    assert!(v1["credits"]["available"].is_number() && v1["credits"]["subscription"].is_number());
+    let v2 = curl(server(), "/v2/account", &[]).json();
+    assert!(v2["images"]["available"].is_number() && v2["plan"].is_string());
+    let removebg = curl(server(), "/v1.0/account", &[]).json();
+    let attributes = &removebg["data"]["attributes"];
+    for key in ["total", "subscription", "payg", "enterprise"] {
+        assert!(attributes["credits"][key].is_number(), "{key}");
+    }
+    assert_eq!(attributes["api"]["sizes"], "all");
+}
+
+#[test]
+fn openapi_lists_every_parameter_the_parser_accepts() {
+    let doc = curl(server(), "/openapi.json", &[]).json();
+    let get = &doc["paths"]["/v2/edit"]["get"]["parameters"];
+    for param in cutout_core::edit::photoroom::V2_EDIT {
+        if !matches!(param.kind, cutout_core::edit::params::Kind::File) {
+            assert!(
+                get.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == param.name),
+                "{}",
+                param.name
+            );
+        }
+    }
+    assert!(doc["paths"]["/v1.0/removebg"]["post"].is_object());
+}
+
+#[test]
+fn keys_are_required_once_configured() {
+    let dir = std::env::temp_dir().join(format!("cutout-http-keys-{}", std::process::id()));
+    let path = dir.join("keys");
+    let key = cutout_server::keys::create(&path, "shop", false).unwrap();
+    let config = Config {
+        keys: KeyStore::load(&path).unwrap(),
+        ..Config::default()
+    };
+    let addr = start(config);
+    let missing = curl(addr, "/v1.0/account", &[]);
+    assert_eq!(missing.status, 403);
+    assert_eq!(missing.json()["errors"][0]["title"], "Missing API Key");
+    let wrong = curl(addr, "/v1/account", &["-H", "x-api-key: wrong"]);
+    assert_eq!(wrong.status, 403);
+    let header = format!("x-api-key: {key}");
+    assert_eq!(curl(addr, "/v1/account", &["-H", &header]).status, 200);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let mut config = Config::default();
+    config.batching.capacity = 1;
+    config.batching.max_batch = 1;
+    let addr = start(config);
+    let image = format!("image_file={}", photo());
+    let replies: Vec<Reply> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                scope.spawn(|| curl(addr, "/v1/segment", &["-F", &image, "-F", "size=preview"]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let busy: Vec<&Reply> = replies.iter().filter(|r| r.status == 503).collect();
+    assert!(
+        !busy.is_empty(),
+        "statuses {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(busy.iter().all(|r| r.header("retry-after").is_some()));
+    assert!(replies.iter().any(|r| r.status == 200));
+}

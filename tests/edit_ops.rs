@@ -1,0 +1,404 @@
+//! Each WGSL image operation against a plain CPU reference on small synthetic images.
+//! Tolerances: results are stored as 8-bit, so one level (plus float rounding) is the
+//! floor for exact operations; approximations say why they allow more.
+
+use cutout_core::ops::{BlurKind, ComposeLayers, ComposeStyle, ImageOps, PlaceMap, ShadowLayer};
+use cutout_tests::*;
+use image::{Rgba, RgbaImage};
+
+const W: u32 = 64;
+const H: u32 = 48;
+
+fn ops() -> ImageOps {
+    ImageOps::new(gpu())
+}
+
+/// A deterministic textured opaque image.
+fn texture() -> RgbaImage {
+    let mut state = 12345u32;
+    RgbaImage::from_fn(W, H, |x, y| {
+        state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+        let noise = (state >> 24) as u8 / 4;
+        Rgba([
+            ((x * 3) as u8).wrapping_add(noise),
+            (y * 5) as u8,
+            200 - noise,
+            255,
+        ])
+    })
+}
+
+/// A soft-edged disc in the red channel.
+fn disc_mask(cx: f32, cy: f32, r: f32) -> RgbaImage {
+    RgbaImage::from_fn(W, H, |x, y| {
+        let d = ((x as f32 + 0.5 - cx).powi(2) + (y as f32 + 0.5 - cy).powi(2)).sqrt();
+        let v = ((r + 0.5 - d).clamp(0.0, 1.0) * 255.0).round() as u8;
+        Rgba([v, v, v, 255])
+    })
+}
+
+fn channel_max_diff(a: &RgbaImage, b: &RgbaImage, channels: std::ops::Range<usize>) -> u8 {
+    a.pixels()
+        .zip(b.pixels())
+        .flat_map(|(p, q)| channels.clone().map(move |c| p.0[c].abs_diff(q.0[c])))
+        .max()
+        .unwrap_or(0)
+}
+
+fn full_roi() -> [f32; 4] {
+    [0.0, 0.0, W as f32, H as f32]
+}
+
+#[test]
+fn place_identity_keeps_pixels() {
+    let ops = ops();
+    let image = texture();
+    let mask = disc_mask(30.0, 20.0, 12.0);
+    let map = PlaceMap {
+        canvas: [W, H],
+        scale: 1.0,
+        offset: [0.0, 0.0],
+        roi: full_roi(),
+    };
+    let (colour, placed_mask) = ops
+        .place(
+            &ops.upload(&image).unwrap(),
+            Some(&ops.upload(&mask).unwrap()),
+            map,
+        )
+        .unwrap();
+    let colour = ops.download(&colour).unwrap();
+    let placed_mask = ops.download(&placed_mask).unwrap();
+    assert_eq!(channel_max_diff(&colour, &image, 0..4), 0);
+    assert!(channel_max_diff(&placed_mask, &mask, 0..1) <= 1);
+}
+
+/// CPU bilinear at canvas pixel centres, as the placement maps them.
+fn reference_place(image: &RgbaImage, scale: f32, offset: [f32; 2], canvas: [u32; 2]) -> RgbaImage {
+    let at = |x: i32, y: i32| {
+        let x = x.clamp(0, image.width() as i32 - 1) as u32;
+        let y = y.clamp(0, image.height() as i32 - 1) as u32;
+        image.get_pixel(x, y).0.map(|c| c as f32)
+    };
+    RgbaImage::from_fn(canvas[0], canvas[1], |x, y| {
+        let sx = (x as f32 + 0.5 - offset[0]) / scale - 0.5;
+        let sy = (y as f32 + 0.5 - offset[1]) / scale - 0.5;
+        let inside = |v: f32, extent: u32| v >= -0.5 && v <= extent as f32 - 0.5;
+        if !inside(sx, image.width()) || !inside(sy, image.height()) {
+            return Rgba([0, 0, 0, 0]);
+        }
+        let (x0, y0) = (sx.floor() as i32, sy.floor() as i32);
+        let (tx, ty) = (sx - sx.floor(), sy - sy.floor());
+        Rgba(std::array::from_fn(|c| {
+            let top = at(x0, y0)[c] * (1.0 - tx) + at(x0 + 1, y0)[c] * tx;
+            let bottom = at(x0, y0 + 1)[c] * (1.0 - tx) + at(x0 + 1, y0 + 1)[c] * tx;
+            (top * (1.0 - ty) + bottom * ty).round() as u8
+        }))
+    })
+}
+
+#[test]
+fn place_enlarged_matches_cpu_bilinear() {
+    let ops = ops();
+    let image = texture();
+    let (scale, offset, canvas) = (2.5, [7.25, -3.5], [100, 90]);
+    let map = PlaceMap {
+        canvas,
+        scale,
+        offset,
+        roi: full_roi(),
+    };
+    let (colour, _) = ops.place(&ops.upload(&image).unwrap(), None, map).unwrap();
+    let colour = ops.download(&colour).unwrap();
+    let reference = reference_place(&image, scale, offset, canvas);
+    // Interior pixels: exact bilinear up to rounding. The frame edge's partial coverage is
+    // antialiased on the GPU and not in this reference, so compare colour where both are
+    // fully covered.
+    let mut worst = 0;
+    for (p, q) in colour.pixels().zip(reference.pixels()) {
+        if p.0[3] == 255 && q.0[3] == 255 {
+            worst = worst.max((0..3).map(|c| p.0[c].abs_diff(q.0[c])).max().unwrap());
+        }
+    }
+    assert!(worst <= 1, "worst colour difference {worst}");
+}
+
+fn gaussian_1d(sigma: f32) -> Vec<f32> {
+    let taps = (3.0 * sigma).ceil() as i32;
+    let k: Vec<f32> = (-taps..=taps)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let sum: f32 = k.iter().sum();
+    k.into_iter().map(|v| v / sum).collect()
+}
+
+/// Separable gaussian of `values` (per pixel, 4 floats) with clamped edges.
+fn reference_gaussian(values: &[[f32; 4]], sigma: f32) -> Vec<[f32; 4]> {
+    let kernel = gaussian_1d(sigma);
+    let taps = (kernel.len() / 2) as i32;
+    let pass = |input: &[[f32; 4]], dx: i32, dy: i32| -> Vec<[f32; 4]> {
+        (0..(W * H) as i32)
+            .map(|i| {
+                let (x, y) = (i % W as i32, i / W as i32);
+                let mut sum = [0.0; 4];
+                for (k, weight) in kernel.iter().enumerate() {
+                    let o = k as i32 - taps;
+                    let sx = (x + o * dx).clamp(0, W as i32 - 1);
+                    let sy = (y + o * dy).clamp(0, H as i32 - 1);
+                    let v = input[(sy * W as i32 + sx) as usize];
+                    for c in 0..4 {
+                        sum[c] += v[c] * weight;
+                    }
+                }
+                sum
+            })
+            .collect()
+    };
+    pass(&pass(values, 1, 0), 0, 1)
+}
+
+#[test]
+fn gaussian_blur_matches_cpu() {
+    let ops = ops();
+    let image = texture();
+    let sigma = 3.0;
+    let blurred = ops
+        .blur(
+            &ops.upload(&image).unwrap(),
+            None,
+            BlurKind::Gaussian,
+            sigma,
+        )
+        .unwrap();
+    let blurred = ops.download(&blurred).unwrap();
+    let values: Vec<[f32; 4]> = image.pixels().map(|p| p.0.map(|c| c as f32)).collect();
+    let reference = reference_gaussian(&values, sigma);
+    let worst = blurred
+        .pixels()
+        .zip(&reference)
+        .flat_map(|(p, r)| (0..4).map(move |c| (p.0[c] as f32 - r[c]).abs()))
+        .fold(0.0, f32::max);
+    assert!(worst <= 1.0, "worst {worst}");
+}
+
+#[test]
+fn mask_aware_blur_keeps_subject_colour_out_of_the_background() {
+    let ops = ops();
+    // A red subject on a blue background, its soft edge mixing the two as a photo does.
+    let mask = disc_mask(32.0, 24.0, 10.0);
+    let image = RgbaImage::from_fn(W, H, |x, y| {
+        let m = mask.get_pixel(x, y).0[0];
+        Rgba([m, 0, 255 - m, 255])
+    });
+    let blurred = ops
+        .blur(
+            &ops.upload(&image).unwrap(),
+            Some(&ops.upload(&mask).unwrap()),
+            BlurKind::Gaussian,
+            4.0,
+        )
+        .unwrap();
+    let blurred = ops.download(&blurred).unwrap();
+    // Everywhere the background can show (the subject is not fully opaque there), no red.
+    let worst_red = blurred
+        .pixels()
+        .zip(mask.pixels())
+        .filter(|(_, m)| m.0[0] < 255)
+        .map(|(p, _)| p.0[0])
+        .max()
+        .unwrap();
+    assert!(
+        worst_red <= 1,
+        "subject red bled into the background: {worst_red}"
+    );
+    assert!(
+        blurred.pixels().all(|p| p.0[3] == 255),
+        "the frame stays opaque"
+    );
+
+    // Against a CPU normalised convolution with weight (1 - mask).
+    let values: Vec<[f32; 4]> = image
+        .pixels()
+        .zip(mask.pixels())
+        .map(|(p, m)| {
+            let w = (1.0 - 8.0 * m.0[0] as f32 / 255.0).clamp(0.0, 1.0);
+            [p.0[0] as f32 * w, p.0[1] as f32 * w, p.0[2] as f32 * w, w]
+        })
+        .collect();
+    let reference = reference_gaussian(&values, 4.0);
+    for (p, r) in blurred.pixels().zip(&reference) {
+        if r[3] > 0.05 {
+            let blue = r[2] / r[3];
+            assert!(
+                (p.0[2] as f32 - blue).abs() <= 1.5,
+                "blue {} vs {blue}",
+                p.0[2]
+            );
+        }
+    }
+}
+
+#[test]
+fn large_radius_blur_runs_downsampled_and_stays_close() {
+    let ops = ops();
+    let image = texture();
+    let sigma = 20.0;
+    let blurred = ops
+        .blur(
+            &ops.upload(&image).unwrap(),
+            None,
+            BlurKind::Gaussian,
+            sigma,
+        )
+        .unwrap();
+    let blurred = ops.download(&blurred).unwrap();
+    let values: Vec<[f32; 4]> = image.pixels().map(|p| p.0.map(|c| c as f32)).collect();
+    let reference = reference_gaussian(&values, sigma);
+    let mean: f32 = blurred
+        .pixels()
+        .zip(&reference)
+        .map(|(p, r)| (0..3).map(|c| (p.0[c] as f32 - r[c]).abs()).sum::<f32>() / 3.0)
+        .sum::<f32>()
+        / (W * H) as f32;
+    // The level is box-downsampled by 3 and upsampled bilinearly: a few levels of extra
+    // smoothing on average is the price of a bounded cost per pixel.
+    assert!(mean <= 4.0, "mean difference {mean}");
+}
+
+#[test]
+fn bokeh_is_a_disc_average() {
+    let ops = ops();
+    // One bright point spreads into a disc of the given radius.
+    let mut image = RgbaImage::from_pixel(W, H, Rgba([0, 0, 0, 255]));
+    image.put_pixel(32, 24, Rgba([255, 255, 255, 255]));
+    let blurred = ops
+        .blur(&ops.upload(&image).unwrap(), None, BlurKind::Bokeh, 5.0)
+        .unwrap();
+    let blurred = ops.download(&blurred).unwrap();
+    let lit = |x: u32, y: u32| blurred.get_pixel(x, y).0[0] > 0;
+    assert!(lit(32, 24) && lit(36, 24) && lit(32, 19));
+    assert!(!lit(39, 24) && !lit(32, 16));
+    // Symmetric.
+    assert_eq!(blurred.get_pixel(28, 24), blurred.get_pixel(36, 24));
+}
+
+#[test]
+fn outline_matches_exact_distance() {
+    let ops = ops();
+    let mask = disc_mask(30.0, 22.0, 9.0);
+    let width = 5.0;
+    let band = ops.outline(&ops.upload(&mask).unwrap(), width).unwrap();
+    let band = ops.download(&band).unwrap();
+    let seeds: Vec<(f32, f32)> = mask
+        .enumerate_pixels()
+        .filter(|(_, _, p)| p.0[0] >= 128)
+        .map(|(x, y, _)| (x as f32, y as f32))
+        .collect();
+    let mut wrong = 0;
+    for (x, y, p) in band.enumerate_pixels() {
+        let d = seeds
+            .iter()
+            .map(|(sx, sy)| ((x as f32 - sx).powi(2) + (y as f32 - sy).powi(2)).sqrt())
+            .fold(f32::MAX, f32::min)
+            - 0.5;
+        let expected = ((width - d + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8;
+        if p.0[3].abs_diff(expected) > 1 {
+            wrong += 1;
+        }
+    }
+    // Jump flooding can miss the true nearest seed for a handful of pixels.
+    assert!(
+        wrong <= (W * H / 500),
+        "{wrong} pixels differ from the exact distance band"
+    );
+}
+
+#[test]
+fn compose_matches_cpu_over() {
+    let ops = ops();
+    let subject = texture();
+    let mask = disc_mask(30.0, 20.0, 12.0);
+    let background = [0.2, 0.6, 0.4, 0.8];
+    let subject_gpu = ops.upload(&subject).unwrap();
+    let mask_gpu = ops.upload(&mask).unwrap();
+    let out = ops
+        .compose(
+            &ComposeLayers {
+                background: None,
+                shadow: None,
+                outline: None,
+                subject: &subject_gpu,
+                subject_mask: &mask_gpu,
+            },
+            ComposeStyle {
+                background_color: background,
+                channels: 0,
+                matte: [1.0; 4],
+                watermark: false,
+            },
+        )
+        .unwrap();
+    let out = ops.download(&out).unwrap();
+    for ((p, s), m) in out.pixels().zip(subject.pixels()).zip(mask.pixels()) {
+        let a = m.0[0] as f32 / 255.0;
+        let out_a = a + background[3] * (1.0 - a);
+        for c in 0..3 {
+            let premul = s.0[c] as f32 / 255.0 * a + background[c] * background[3] * (1.0 - a);
+            let expected = (premul / out_a * 255.0).round();
+            assert!((p.0[c] as f32 - expected).abs() <= 1.0);
+        }
+        assert!((p.0[3] as f32 - (out_a * 255.0).round()).abs() <= 1.0);
+    }
+}
+
+#[test]
+fn mask_stats_match_cpu() {
+    let ops = ops();
+    let mask = disc_mask(30.0, 20.0, 8.0);
+    let stats = ops
+        .mask_stats(&ops.upload(&mask).unwrap(), full_roi())
+        .unwrap();
+    let fg: Vec<(u32, u32)> = mask
+        .enumerate_pixels()
+        .filter(|(_, _, p)| p.0[0] as f32 / 255.0 >= 0.05)
+        .map(|(x, y, _)| (x, y))
+        .collect();
+    let x0 = fg.iter().map(|p| p.0).min().unwrap();
+    let x1 = fg.iter().map(|p| p.0).max().unwrap() + 1;
+    let y0 = fg.iter().map(|p| p.1).min().unwrap();
+    let y1 = fg.iter().map(|p| p.1).max().unwrap() + 1;
+    assert_eq!(stats.bbox, Some([x0, y0, x1, y1]));
+    assert_eq!(stats.foreground as usize, fg.len());
+}
+
+#[test]
+fn shadows_are_deterministic_and_below_the_subject() {
+    let ops = ops();
+    let mask = disc_mask(32.0, 18.0, 10.0);
+    let mask_gpu = ops.upload(&mask).unwrap();
+    let ground = 28.0;
+    // Squash the silhouette onto the ground line.
+    let layer = ShadowLayer {
+        transform: [[1.0, 0.0, 0.0], [0.0, 10.0, ground - 10.0 * (ground + 2.0)]],
+        blur: 1.5,
+        opacity: 0.8,
+    };
+    let first = ops
+        .download(&ops.shadow(&mask_gpu, &[layer]).unwrap())
+        .unwrap();
+    let second = ops
+        .download(&ops.shadow(&mask_gpu, &[layer]).unwrap())
+        .unwrap();
+    assert_eq!(first.as_raw(), second.as_raw(), "same input, same bytes");
+    let (mut sum, mut weighted_y) = (0.0, 0.0);
+    for (_, y, p) in first.enumerate_pixels() {
+        sum += p.0[3] as f32;
+        weighted_y += p.0[3] as f32 * y as f32;
+    }
+    assert!(sum > 0.0, "a shadow was drawn");
+    let centre_y = weighted_y / sum;
+    assert!(
+        centre_y > 26.0 && centre_y < 31.0,
+        "shadow centred at y={centre_y}"
+    );
+}

@@ -1,0 +1,90 @@
+//! The whole edit pipeline on a real photo with the embedded model.
+
+use cutout_core::decode::{DecodeLimits, decode};
+use cutout_core::edit::{Editor, Job, photoroom};
+use cutout_core::encode::encode_result;
+use cutout_tests::*;
+
+fn edit(pairs: &[(&str, &str)]) -> cutout_core::edit::Edit {
+    photoroom::parse_v2_edit(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn ecommerce_edit_lands_inside_the_padding_deterministically() {
+    let editor = Editor::load(gpu(), "u2netp", false).unwrap();
+    let bytes = std::fs::read(fixture("images/coffee.jpg")).unwrap();
+    let image = decode(&bytes, DecodeLimits::default()).unwrap();
+    let job = || Job {
+        image: image.clone(),
+        background: None,
+        edit: edit(&[
+            ("background.color", "FFFFFF"),
+            ("shadow.mode", "ai.soft"),
+            ("outputSize", "400x400"),
+            ("padding", "0.1"),
+        ]),
+    };
+    let mut results = editor.render(&[job(), job()]);
+    let second = results.pop().unwrap().unwrap();
+    let first = results.pop().unwrap().unwrap();
+    assert_eq!(first.image.dimensions(), (400, 400));
+    assert_eq!(first.image.as_raw(), second.image.as_raw(), "deterministic");
+    assert!(
+        first.image.pixels().all(|p| p.0[3] == 255),
+        "white background is opaque"
+    );
+    assert_eq!(first.image.get_pixel(2, 2).0, [255, 255, 255, 255]);
+
+    let [left, top, width, height] = first.foreground.unwrap();
+    println!(
+        "foreground box {left},{top} {width}x{height}; uncertainty {:?}",
+        first.uncertainty
+    );
+    // The subject fits the 320x320 target area (40 px padding) on at least one axis exactly,
+    // unless a cropped side snapped it to the canvas edge.
+    assert!(left >= 39 || top >= 39);
+    assert!(width.max(height) >= 318 && width.max(height) <= 401);
+    let score = first.uncertainty.unwrap();
+    assert!((0.0..=1.0).contains(&score));
+
+    let encoded = encode_result(
+        &first.image,
+        job().edit.format,
+        job().edit.channels,
+        Some(300),
+    )
+    .unwrap();
+    assert_eq!(encoded.mime, "image/png");
+    let decoded = image::load_from_memory(&encoded.bytes).unwrap();
+    assert_eq!(decoded.width(), 400);
+}
+
+#[test]
+fn outline_and_transparent_background() {
+    let editor = Editor::load(gpu(), "u2netp", false).unwrap();
+    let bytes = std::fs::read(fixture("images/chelsea.jpg")).unwrap();
+    let image = decode(&bytes, DecodeLimits::default()).unwrap();
+    let job = Job {
+        image,
+        background: None,
+        edit: edit(&[("outline.color", "FF0000"), ("outline.width", "0.02")]),
+    };
+    let result = editor.render(&[job]).pop().unwrap().unwrap();
+    let red_rim = result
+        .image
+        .pixels()
+        .filter(|p| p.0[0] > 200 && p.0[1] < 80 && p.0[2] < 80 && p.0[3] == 255)
+        .count();
+    let transparent = result.image.pixels().filter(|p| p.0[3] == 0).count();
+    assert!(
+        red_rim > 1000,
+        "an outline was drawn ({red_rim} red pixels)"
+    );
+    assert!(transparent > 1000, "the background is transparent");
+}
