@@ -13,23 +13,16 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => ensure_vulkan().and_then(|_| test(&args[1..])),
         Some("gallery") => ensure_vulkan().and_then(|_| {
-            cargo(
-                &["run", "--quiet", "--package", "cutout-cli", "--", "gallery"],
-                &[
-                    "tests/fixtures/images/coffee.jpg".into(),
-                    "--background".into(),
-                    "tests/fixtures/images/rocket.jpg".into(),
-                    "-o".into(),
-                    "docs/gallery.png".into(),
-                ],
-            )
+            cutout(&[
+                "gallery".into(),
+                "tests/fixtures/images/coffee.jpg".into(),
+                "--background".into(),
+                "tests/fixtures/images/rocket.jpg".into(),
+                "-o".into(),
+                "docs/gallery.png".into(),
+            ])
         }),
-        Some("cutout") => ensure_vulkan().and_then(|_| {
-            cargo(
-                &["run", "--quiet", "--package", "cutout-cli", "--"],
-                &args[1..],
-            )
-        }),
+        Some("cutout") => ensure_vulkan().and_then(|_| cutout(&args[1..])),
         Some("fixtures") => fixtures(),
         _ => {
             eprintln!("usage: cargo xtask test [ARGS] | cutout ARGS | gallery | fixtures");
@@ -52,6 +45,23 @@ fn cargo_command() -> Command {
 
 fn cargo(command: &[&str], extra: &[String]) -> anyhow::Result<()> {
     run(cargo_command().args(command).args(extra))
+}
+
+/// Builds the whole workspace with every target (the feature set `cargo test --workspace`
+/// uses, so running and testing share one build) and runs the `cutout` binary from it.
+fn cutout(args: &[String]) -> anyhow::Result<()> {
+    cargo(&["build", "--quiet", "--workspace", "--all-targets"], &[])?;
+    let metadata = cargo_command()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("cargo metadata")?;
+    let text = String::from_utf8_lossy(&metadata.stdout);
+    let target = text
+        .split("\"target_directory\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("cargo metadata names no target directory")?;
+    run(Command::new(Path::new(target).join("debug").join("cutout")).args(args))
 }
 
 /// `cargo test --workspace`, echoing its output and closing with one total over every test
