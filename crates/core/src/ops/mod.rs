@@ -216,6 +216,15 @@ impl ImageOps {
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
     }
 
+    /// Waits until the device has finished all submitted work (for timing).
+    pub fn finish(&self) -> Result<()> {
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Encode(format!("device lost: {e}")))
+    }
+
     fn encoder(&self) -> wgpu::CommandEncoder {
         self.gpu
             .device
