@@ -14,7 +14,8 @@ struct Params {
     shadow_on: u32,
     outline_on: u32,
     watermark: u32,
-    _pad: u32,
+    // 1: limit green to the mean of red and blue in the subject (green-screen spill).
+    despill: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -56,7 +57,10 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         let a = unpack4x8unorm(outline[i]).a * params.outline_color.a;
         color = over(vec4<f32>(params.outline_color.rgb * a, a), color);
     }
-    let pixel = unpack4x8unorm(subject[i]);
+    var pixel = unpack4x8unorm(subject[i]);
+    if (params.despill == 1u) {
+        pixel.g = min(pixel.g, 0.5 * (pixel.r + pixel.b));
+    }
     let subject_alpha = unpack4x8unorm(subject_mask[i]).r;
     color = over(vec4<f32>(pixel.rgb * subject_alpha, subject_alpha), color);
     if (params.watermark == 1u) {

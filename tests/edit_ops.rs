@@ -335,6 +335,7 @@ fn compose_matches_cpu_over() {
                 channels: 0,
                 matte: [1.0; 4],
                 watermark: false,
+                despill: false,
             },
         )
         .unwrap();
@@ -348,6 +349,36 @@ fn compose_matches_cpu_over() {
             assert!((p.0[c] as f32 - expected).abs() <= 1.0);
         }
         assert!((p.0[3] as f32 - (out_a * 255.0).round()).abs() <= 1.0);
+    }
+}
+
+#[test]
+fn despill_limits_green_to_the_mean_of_red_and_blue() {
+    let ops = ops();
+    let subject = texture();
+    let mask = RgbaImage::from_pixel(W, H, Rgba([255, 255, 255, 255]));
+    let subject_gpu = ops.upload(&subject).unwrap();
+    let mask_gpu = ops.upload(&mask).unwrap();
+    let style = ComposeStyle {
+        background_color: [0.0; 4],
+        channels: 0,
+        matte: [1.0; 4],
+        watermark: false,
+        despill: true,
+    };
+    let layers = ComposeLayers {
+        background: None,
+        shadow: None,
+        outline: None,
+        subject: &subject_gpu,
+        subject_mask: &mask_gpu,
+    };
+    let out = ops.download(&ops.compose(&layers, style).unwrap()).unwrap();
+    for (p, s) in out.pixels().zip(subject.pixels()) {
+        let [r, g, b, _] = s.0.map(|c| c as f32);
+        let expected = g.min((r + b) / 2.0);
+        assert!((p.0[1] as f32 - expected).abs() <= 1.0);
+        assert_eq!((p.0[0], p.0[2]), (s.0[0], s.0[2]));
     }
 }
 

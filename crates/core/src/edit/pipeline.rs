@@ -225,6 +225,7 @@ impl Editor {
             },
             matte: [1.0; 4],
             watermark: edit.watermark,
+            despill: edit.despill,
         };
         let composed = ops.compose(
             &ComposeLayers {

@@ -19,6 +19,8 @@ pub struct ComposeStyle {
     pub channels: u32,
     pub matte: [f32; 4],
     pub watermark: bool,
+    /// Limit the subject's green to the mean of its red and blue (green-screen spill).
+    pub despill: bool,
 }
 
 #[repr(C)]
@@ -33,7 +35,7 @@ struct Params {
     shadow_on: u32,
     outline_on: u32,
     watermark: u32,
-    _pad: u32,
+    despill: u32,
 }
 
 impl ImageOps {
@@ -67,7 +69,7 @@ impl ImageOps {
             shadow_on: layers.shadow.is_some() as u32,
             outline_on: layers.outline.is_some() as u32,
             watermark: style.watermark as u32,
-            _pad: 0,
+            despill: style.despill as u32,
         });
         let output = self.empty_image(w, h)?;
         let mut encoder = self.encoder();
