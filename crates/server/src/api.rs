@@ -163,14 +163,17 @@ struct Rendered {
     uncertainty: Option<f32>,
 }
 
-/// Decodes, renders on the GPU queue and encodes one image.
+/// Decodes, renders on the GPU queue and encodes one image, charging `credits` to the key
+/// only when it succeeds (402 when the key has too few left).
 async fn render(
     state: &State,
     image: Bytes,
     background: Option<Bytes>,
     edit: Edit,
     key: Option<&Key>,
+    credits: f64,
 ) -> Result<Rendered, Failure> {
+    charge_check(state, key, credits)?;
     let limits = state.config.decode;
     let decode = |bytes: Bytes, what: &'static str| async move {
         tokio::task::spawn_blocking(move || cutout_core::decode::decode(&bytes, limits))
@@ -261,6 +264,9 @@ async fn render(
                     e.to_string(),
                 )
             })?;
+    if let Some(key) = key {
+        state.config.keys.charge(&key.hash, credits);
+    }
     Ok(Rendered {
         encoded,
         width,
@@ -349,11 +355,7 @@ async fn segment(state: &State, request: Request<Incoming>) -> Result<Reply, Fai
     } else {
         1.0
     };
-    charge_check(state, key, credits)?;
-    let rendered = render(state, image, None, edit, key).await?;
-    if let Some(key) = key {
-        state.config.keys.charge(&key.hash, credits);
-    }
+    let rendered = render(state, image, None, edit, key, credits).await?;
     let builder = image_reply(&rendered).header("x-credits-charged", credits.to_string());
     Ok(if json_wanted {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&rendered.encoded.bytes);
@@ -406,11 +408,7 @@ async fn edit(state: &State, request: Request<Incoming>) -> Result<Reply, Failur
         }
         (None, None) => None,
     };
-    charge_check(state, key, 1.0)?;
-    let rendered = render(state, image, background, edit, key).await?;
-    if let Some(key) = key {
-        state.config.keys.charge(&key.hash, 1.0);
-    }
+    let rendered = render(state, image, background, edit, key, 1.0).await?;
     Ok(image_reply(&rendered)
         .header("content-type", rendered.encoded.mime)
         .header("x-credits-charged", "1")
@@ -496,11 +494,7 @@ async fn remove_bg(state: &State, request: Request<Incoming>) -> Result<Reply, F
     } else {
         1.0
     };
-    charge_check(state, key, credits)?;
-    let rendered = render(state, image, background, edit, key).await?;
-    if let Some(key) = key {
-        state.config.keys.charge(&key.hash, credits);
-    }
+    let rendered = render(state, image, background, edit, key, credits).await?;
     let mut builder = image_reply(&rendered).header("x-credits-charged", credits.to_string());
     if let Some(kind) = form.field("type").filter(|t| *t != "auto")
         && form.field("type_level") != Some("none")
@@ -556,11 +550,7 @@ async fn simple(state: &State, request: Request<Incoming>) -> Result<Reply, Fail
         .ok_or_else(|| Failure::bad_request("missing_image", "No image file provided"))?;
     let edit = cutout_core::edit::simple::parse(form.fields.clone())
         .map_err(|e| Failure::bad_request("validation_error", e.to_string()))?;
-    charge_check(state, key, 1.0)?;
-    let rendered = render(state, image, None, edit, key).await?;
-    if let Some(key) = key {
-        state.config.keys.charge(&key.hash, 1.0);
-    }
+    let rendered = render(state, image, None, edit, key, 1.0).await?;
     Ok(image_reply(&rendered)
         .header("content-type", rendered.encoded.mime)
         .body(rendered.encoded.bytes.into())
