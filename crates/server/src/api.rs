@@ -103,7 +103,6 @@ fn authenticate<'a>(
         Dialect::Simple => ("authentication_error", "authentication_error"),
         _ => ("missing_api_key", "auth_failed"),
     };
-    let code = invalid;
     match presented {
         None => Err(Failure::new(
             denied,
@@ -113,7 +112,7 @@ fn authenticate<'a>(
         Some(key) => keys
             .find(key.trim())
             .map(Some)
-            .ok_or_else(|| Failure::new(denied, code, "API Key invalid")),
+            .ok_or_else(|| Failure::new(denied, invalid, "API Key invalid")),
     }
 }
 
@@ -327,6 +326,27 @@ fn image_reply(rendered: &Rendered) -> hyper::http::response::Builder {
     builder.header("x-uncertainty-score", score)
 }
 
+/// The result as the image itself.
+fn image_body(builder: hyper::http::response::Builder, rendered: Rendered) -> Reply {
+    builder
+        .header("content-type", rendered.encoded.mime)
+        .body(rendered.encoded.bytes.into())
+        .expect("valid response")
+}
+
+/// The result base64-encoded inside the JSON that `wrap` builds around it.
+fn json_body(
+    builder: hyper::http::response::Builder,
+    rendered: &Rendered,
+    wrap: impl FnOnce(String) -> serde_json::Value,
+) -> Reply {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&rendered.encoded.bytes);
+    builder
+        .header("content-type", "application/json")
+        .body(wrap(b64).to_string().into())
+        .expect("valid response")
+}
+
 fn wants_json(request: &Request<Incoming>) -> bool {
     request
         .headers()
@@ -358,18 +378,14 @@ async fn segment(state: &State, request: Request<Incoming>) -> Result<Reply, Fai
     let rendered = render(state, image, None, edit, key, credits).await?;
     let builder = image_reply(&rendered).header("x-credits-charged", credits.to_string());
     Ok(if json_wanted {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&rendered.encoded.bytes);
-        builder.header("content-type", "application/json").body(
-            json!({"result_b64": b64, "base64img": b64})
-                .to_string()
-                .into(),
+        json_body(
+            builder,
+            &rendered,
+            |b64| json!({"result_b64": b64, "base64img": b64}),
         )
     } else {
-        builder
-            .header("content-type", rendered.encoded.mime)
-            .body(rendered.encoded.bytes.into())
-    }
-    .expect("valid response"))
+        image_body(builder, rendered)
+    })
 }
 
 async fn edit(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
@@ -409,11 +425,10 @@ async fn edit(state: &State, request: Request<Incoming>) -> Result<Reply, Failur
         (None, None) => None,
     };
     let rendered = render(state, image, background, edit, key, 1.0).await?;
-    Ok(image_reply(&rendered)
-        .header("content-type", rendered.encoded.mime)
-        .header("x-credits-charged", "1")
-        .body(rendered.encoded.bytes.into())
-        .expect("valid response"))
+    Ok(image_body(
+        image_reply(&rendered).header("x-credits-charged", "1"),
+        rendered,
+    ))
 }
 
 fn form_has_file(files: &[(String, Bytes)], name: &str) -> bool {
@@ -503,8 +518,7 @@ async fn remove_bg(state: &State, request: Request<Incoming>) -> Result<Reply, F
     }
     Ok(if json_wanted {
         let [left, top, width, height] = rendered.foreground.unwrap_or([0; 4]);
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&rendered.encoded.bytes);
-        builder.header("content-type", "application/json").body(
+        json_body(builder, &rendered, |b64| {
             json!({"data": {
                 "result_b64": b64,
                 "foreground_top": top,
@@ -512,15 +526,10 @@ async fn remove_bg(state: &State, request: Request<Incoming>) -> Result<Reply, F
                 "foreground_width": width,
                 "foreground_height": height,
             }})
-            .to_string()
-            .into(),
-        )
+        })
     } else {
-        builder
-            .header("content-type", rendered.encoded.mime)
-            .body(rendered.encoded.bytes.into())
-    }
-    .expect("valid response"))
+        image_body(builder, rendered)
+    })
 }
 
 fn remove_bg_account(state: &State, request: &Request<Incoming>) -> Result<Reply, Failure> {
@@ -551,8 +560,5 @@ async fn simple(state: &State, request: Request<Incoming>) -> Result<Reply, Fail
     let edit = cutout_core::edit::simple::parse(form.fields.clone())
         .map_err(|e| Failure::bad_request("validation_error", e.to_string()))?;
     let rendered = render(state, image, None, edit, key, 1.0).await?;
-    Ok(image_reply(&rendered)
-        .header("content-type", rendered.encoded.mime)
-        .body(rendered.encoded.bytes.into())
-        .expect("valid response"))
+    Ok(image_body(image_reply(&rendered), rendered))
 }

@@ -80,7 +80,7 @@ impl Server {
 pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io::Result<Server> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let (queue, worker) = queue::JobQueue::start(editor, clone_batching(&config.batching));
+    let (queue, worker) = queue::JobQueue::start(editor, config.batching.clone());
     let state = Arc::new(State {
         config,
         queue,
@@ -113,14 +113,6 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     });
     Ok(Server { addr, stop, task })
-}
-
-fn clone_batching(b: &Batching) -> Batching {
-    Batching {
-        max_batch: b.max_batch,
-        max_wait: b.max_wait,
-        capacity: b.capacity,
-    }
 }
 
 async fn handle(

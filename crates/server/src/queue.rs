@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use cutout_core::edit::{EditOutput, Editor, Job};
 use tokio::sync::{mpsc, oneshot};
 
+#[derive(Debug, Clone)]
 pub struct Batching {
     /// Most jobs rendered together.
     pub max_batch: usize,

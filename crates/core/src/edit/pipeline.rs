@@ -131,7 +131,9 @@ impl Editor {
         timings.mask_resize += start.elapsed();
 
         let start = Instant::now();
-        let stats = match (&mask, uses_alpha(job)) {
+        // Without a model mask, a job that removes the background uses the image's own alpha
+        // (`needs_model` decided that, so the pixels are not scanned again here).
+        let stats = match (&mask, job.edit.remove_background) {
             (Some(mask), _) => Some(ops.mask_stats(mask, roi)?),
             (None, true) => {
                 let alpha = ops.cutout(image, image, CutoutMode::AlphaAsMask)?;
