@@ -7,7 +7,8 @@ use cutout_benches::{decoded, jpeg_photo};
 use cutout_core::edit::{Editor, Job, photoroom};
 use cutout_core::gpu::Gpu;
 use cutout_core::ops::{
-    BlurKind, ComposeLayers, ComposeStyle, Filter, GpuImage, ImageOps, PlaceMap, ShadowLayer,
+    BlurKind, ComposeLayers, ComposeStyle, Filter, GpuImage, ImageOps, PlaceMap, Refinement,
+    ShadowLayer,
 };
 
 fn disc_mask(ops: &ImageOps, side: u32) -> GpuImage {
@@ -37,6 +38,14 @@ fn operations(c: &mut Criterion) {
         };
         group.bench_function("resize lanczos3 to half", |b| {
             b.iter(|| timed(ops.resize(&image, side / 2, side / 2, Filter::Lanczos3)))
+        });
+        // The model's 320×320 mask to full size: plainly (the baseline), then refined.
+        let coarse = disc_mask(&ops, 320);
+        group.bench_function("mask upsample lanczos3 from 320", |b| {
+            b.iter(|| timed(ops.resize(&coarse, side, side, Filter::Lanczos3)))
+        });
+        group.bench_function("mask refine (guided filter) from 320", |b| {
+            b.iter(|| timed(ops.refine_mask(&image, &coarse, Refinement::default())))
         });
         group.bench_function("place (scale 0.9)", |b| {
             let map = PlaceMap {

@@ -7,7 +7,7 @@ use clap::Args;
 use cutout_core::decode::{DecodeLimits, decode};
 use cutout_core::encode::{OutputFormat, encode};
 use cutout_core::gpu::Gpu;
-use cutout_core::ops::CutoutMode;
+use cutout_core::ops::{CutoutMode, Refinement};
 use cutout_core::remove::{Remover, Timings};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -34,6 +34,10 @@ pub struct RemoveArgs {
     /// Output format.
     #[arg(long, default_value = "png")]
     format: String,
+    /// Refine the mask's edges with the photo as guide (a guided filter; see the README).
+    /// Without it the mask is upsampled as rembg does.
+    #[arg(long)]
+    refine: bool,
     /// Do not download a missing model.
     #[arg(long)]
     offline: bool,
@@ -58,7 +62,10 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     let jobs = plan(&args, format)?;
 
     let gpu = Gpu::from_env()?;
-    let remover = Remover::load(&gpu, &args.model, !args.offline)?;
+    let mut remover = Remover::load(&gpu, &args.model, !args.offline)?;
+    if args.refine {
+        remover = remover.refined(Refinement::default());
+    }
 
     let progress = ProgressBar::new(jobs.len() as u64);
     if jobs.len() > 1 {

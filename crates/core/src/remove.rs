@@ -9,7 +9,7 @@ use image::RgbaImage;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::model::{self, Session};
-use crate::ops::{CutoutMode, Filter, GpuImage, ImageOps};
+use crate::ops::{CutoutMode, Filter, GpuImage, ImageOps, Refinement};
 
 /// Where the time went, summed over the images of a call.
 #[derive(Debug, Default, Clone, Copy)]
@@ -60,13 +60,25 @@ impl ModelBackend {
 pub struct Remover {
     ops: ImageOps,
     session: Session,
+    refinement: Option<Refinement>,
 }
 
 impl Remover {
+    /// Brings masks to full size as rembg does (plain Lanczos upsampling) unless
+    /// [`Remover::refined`] asks for the guided filter.
     pub fn new(gpu: &Gpu, session: Session) -> Self {
         Self {
             ops: ImageOps::new(gpu),
             session,
+            refinement: None,
+        }
+    }
+
+    /// Refines every full-size mask with the photo as guide (`ops::refine_mask`).
+    pub fn refined(self, refinement: Refinement) -> Self {
+        Self {
+            refinement: Some(refinement),
+            ..self
         }
     }
 
@@ -119,6 +131,17 @@ impl Remover {
             .collect())
     }
 
+    /// `mask` (from [`Remover::masks`]) at `image`'s size.
+    pub fn full_size_mask(&self, image: &GpuImage, mask: &RgbaImage) -> Result<GpuImage> {
+        let mask = self.ops.upload(mask)?;
+        match self.refinement {
+            Some(refinement) => self.ops.refine_mask(image, &mask, refinement),
+            None => self
+                .ops
+                .resize(&mask, image.width, image.height, Filter::Lanczos3),
+        }
+    }
+
     /// Removes the background of each image; `mode` picks cut-out or mask output.
     pub fn remove(
         &self,
@@ -136,10 +159,7 @@ impl Remover {
         let mut results = Vec::with_capacity(images.len());
         for (image, mask) in uploaded.iter().zip(masks) {
             let start = Instant::now();
-            let mask = self.ops.upload(&mask)?;
-            let mask = self
-                .ops
-                .resize(&mask, image.width, image.height, Filter::Lanczos3)?;
+            let mask = self.full_size_mask(image, &mask)?;
             timings.mask_resize += start.elapsed();
 
             let start = Instant::now();

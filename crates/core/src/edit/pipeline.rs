@@ -1,5 +1,5 @@
 //! Runs edits on the GPU, top to bottom: upload → segment (one batch for all jobs) →
-//! measure the mask → place on the canvas → background, shadow, outline → compose → read
+//! refine the mask with the photo as guide → measure the mask → place on the canvas → background, shadow, outline → compose → read
 //! back once. Encoding happens afterwards, on the caller's CPU threads (`encode`).
 
 use std::time::Instant;
@@ -11,8 +11,8 @@ use super::{BlurMode, Channels, Edit, Fill, Length, Scaling, ShadowMode};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops::{
-    BlurKind, ComposeLayers, ComposeStyle, CutoutMode, Filter, GpuImage, ImageOps, MaskStats,
-    PlaceMap, ShadowLayer,
+    BlurKind, ComposeLayers, ComposeStyle, CutoutMode, GpuImage, ImageOps, MaskStats, PlaceMap,
+    Refinement, ShadowLayer,
 };
 use crate::remove::{Remover, Timings};
 
@@ -39,8 +39,11 @@ pub struct Editor {
 }
 
 impl Editor {
+    /// Edits refine the model's mask with the photo as guide (`ops::refine_mask`).
     pub fn new(remover: Remover) -> Self {
-        Self { remover }
+        Self {
+            remover: remover.refined(Refinement::default()),
+        }
     }
 
     pub fn load(gpu: &Gpu, model_name: &str, allow_download: bool) -> Result<Self> {
@@ -122,10 +125,7 @@ impl Editor {
 
         let start = Instant::now();
         let mask = match model_mask {
-            Some(mask) => {
-                let small = ops.upload(&mask)?;
-                Some(ops.resize(&small, width, height, Filter::Lanczos3)?)
-            }
+            Some(mask) => Some(self.remover.full_size_mask(image, &mask)?),
             None => None,
         };
         timings.mask_resize += start.elapsed();

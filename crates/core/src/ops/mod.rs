@@ -9,6 +9,7 @@ mod cutout;
 mod normalize;
 mod outline;
 mod place;
+mod refine;
 mod resize;
 mod shadow;
 
@@ -17,6 +18,7 @@ pub use blur::BlurKind;
 pub use compose::{ComposeLayers, ComposeStyle};
 pub use cutout::CutoutMode;
 pub use place::PlaceMap;
+pub use refine::Refinement;
 pub use resize::Filter;
 pub use shadow::ShadowLayer;
 
@@ -50,6 +52,7 @@ pub struct ImageOps {
     blur: blur::Pipelines,
     outline: outline::Pipelines,
     shadow: shadow::Pipelines,
+    refine: refine::Pipelines,
     compose: wgpu::ComputePipeline,
 }
 
@@ -77,6 +80,7 @@ impl ImageOps {
         let outline = shader("outline", include_str!("../../../../shaders/outline.wgsl"));
         let shadow = shader("shadow", include_str!("../../../../shaders/shadow.wgsl"));
         let compose = shader("compose", include_str!("../../../../shaders/compose.wgsl"));
+        let refine = shader("refine", include_str!("../../../../shaders/refine.wgsl"));
         Self {
             gpu: gpu.clone(),
             resize: pipeline(gpu, &resize, "main"),
@@ -88,6 +92,7 @@ impl ImageOps {
             blur: blur::Pipelines::new(gpu, &blur),
             outline: outline::Pipelines::new(gpu, &outline),
             shadow: shadow::Pipelines::new(gpu, &shadow),
+            refine: refine::Pipelines::new(gpu, &refine),
             compose: pipeline(gpu, &compose, "main"),
         }
     }
