@@ -1,4 +1,5 @@
-//! Encoding results: PNG (with alpha), JPEG (opaque, quality 80), WebP (lossless).
+//! Encoding results: PNG (with alpha), JPEG (opaque, quality 80), WebP (lossy, quality 90,
+//! alpha kept lossless).
 
 use std::io::Cursor;
 
@@ -51,7 +52,7 @@ pub fn encode(image: &RgbaImage, format: OutputFormat) -> Result<Vec<u8>> {
     let mut out = Cursor::new(Vec::new());
     let result = match format {
         OutputFormat::Png => image.write_to(&mut out, ImageFormat::Png),
-        OutputFormat::WebP => image.write_to(&mut out, ImageFormat::WebP),
+        OutputFormat::WebP => return Ok(encode_webp(image)),
         OutputFormat::Jpeg => {
             let flat = flatten_on_white(image);
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&flat)
@@ -59,6 +60,21 @@ pub fn encode(image: &RgbaImage, format: OutputFormat) -> Result<Vec<u8>> {
     };
     result.map_err(|e| Error::Encode(e.to_string()))?;
     Ok(out.into_inner())
+}
+
+/// PhotoRoom's WebP quality; libwebp keeps the alpha plane lossless.
+const WEBP_QUALITY: f32 = 90.0;
+
+fn encode_webp(image: &RgbaImage) -> Vec<u8> {
+    let (width, height) = image.dimensions();
+    let opaque = image.pixels().all(|p| p.0[3] == 255);
+    let encoded = if opaque {
+        let rgb = image::DynamicImage::ImageRgba8(image.clone()).into_rgb8();
+        webp::Encoder::from_rgb(rgb.as_raw(), width, height).encode(WEBP_QUALITY)
+    } else {
+        webp::Encoder::from_rgba(image.as_raw(), width, height).encode(WEBP_QUALITY)
+    };
+    encoded.to_vec()
 }
 
 fn flatten_on_white(image: &RgbaImage) -> image::RgbImage {
@@ -80,7 +96,7 @@ pub struct Encoded {
 }
 
 /// Encodes a composed result as an edit asks: PNG (RGBA, RGB or grey by `channels`, with
-/// dpi), JPEG quality 80 (with dpi), WebP (lossless), remove.bg's `auto` (PNG when any pixel
+/// dpi), JPEG quality 80 (with dpi), WebP (lossy quality 90, alpha lossless), remove.bg's `auto` (PNG when any pixel
 /// is transparent, else JPEG) and ZIP (`color.jpg` + `alpha.png`).
 pub fn encode_result(
     image: &RgbaImage,
@@ -233,4 +249,51 @@ fn stored_zip(files: &[(&str, &[u8])]) -> Vec<u8> {
     out.extend(central_offset.to_le_bytes());
     out.extend(0u16.to_le_bytes());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A smooth photo-like gradient with a soft-edged transparent disc cut out of it.
+    fn sample() -> RgbaImage {
+        RgbaImage::from_fn(256, 192, |x, y| {
+            let d = ((x as f32 - 128.0).powi(2) + (y as f32 - 96.0).powi(2)).sqrt();
+            let a = ((d - 50.0) * 16.0).clamp(0.0, 255.0) as u8;
+            image::Rgba([x as u8, y as u8, (x + y) as u8 / 2, a])
+        })
+    }
+
+    #[test]
+    fn webp_is_lossy_quality_90_with_exact_alpha() {
+        let original = sample();
+        let bytes = encode(&original, OutputFormat::WebP).unwrap();
+        let mut lossless = Cursor::new(Vec::new());
+        original.write_to(&mut lossless, ImageFormat::WebP).unwrap();
+        assert!(bytes.len() < lossless.get_ref().len() / 2, "{} bytes", bytes.len());
+
+        let decoded = image::load_from_memory_with_format(&bytes, ImageFormat::WebP)
+            .unwrap()
+            .into_rgba8();
+        assert_eq!(decoded.dimensions(), original.dimensions());
+        let (mut colour_error, mut opaque) = (0.0, 0.0);
+        for (d, o) in decoded.pixels().zip(original.pixels()) {
+            assert_eq!(d.0[3], o.0[3], "alpha is kept exactly");
+            if o.0[3] == 255 {
+                colour_error += (0..3).map(|c| (d.0[c] as f32 - o.0[c] as f32).abs()).sum::<f32>();
+                opaque += 3.0;
+            }
+        }
+        let mean = colour_error / opaque;
+        assert!(mean < 2.0, "quality 90 keeps colours close: mean error {mean}");
+    }
+
+    #[test]
+    fn opaque_webp_has_no_alpha_plane() {
+        let mut original = sample();
+        original.pixels_mut().for_each(|p| p.0[3] = 255);
+        let bytes = encode(&original, OutputFormat::WebP).unwrap();
+        let decoded = image::load_from_memory_with_format(&bytes, ImageFormat::WebP).unwrap();
+        assert!(!decoded.color().has_alpha());
+    }
 }
