@@ -88,3 +88,81 @@ fn outline_and_transparent_background() {
     );
     assert!(transparent > 1000, "the background is transparent");
 }
+
+#[test]
+fn keep_existing_alpha_uses_the_images_own_alpha() {
+    let editor = Editor::load(gpu(), "u2netp", false).unwrap();
+    let image = image::open(fixture("matting/fg-cherries.png"))
+        .unwrap()
+        .into_rgba8();
+    let render = |pairs: &[(&str, &str)]| {
+        let job = Job {
+            image: image.clone(),
+            background: None,
+            edit: edit(pairs),
+        };
+        editor.render(&[job]).pop().unwrap().unwrap().image
+    };
+    // referenceBox=originalImage keeps the frame where it was (no re-centring on the subject).
+    let kept = render(&[
+        ("keepExistingAlphaChannel", "auto"),
+        ("referenceBox", "originalImage"),
+    ]);
+    assert_eq!(kept.dimensions(), image.dimensions());
+    let worst = kept
+        .pixels()
+        .zip(image.pixels())
+        .map(|(k, i)| k.0[3].abs_diff(i.0[3]))
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "alpha differs from the input's by {worst}");
+
+    let segmented = render(&[("referenceBox", "originalImage")]);
+    let differing = segmented
+        .pixels()
+        .zip(image.pixels())
+        .filter(|(s, i)| s.0[3].abs_diff(i.0[3]) > 8)
+        .count();
+    assert!(differing > 100, "without it the model's mask is used");
+}
+
+#[test]
+fn watermark_is_the_documented_stripes_over_the_result() {
+    let editor = Editor::load(gpu(), "u2netp", false).unwrap();
+    let bytes = std::fs::read(fixture("images/coffee.jpg")).unwrap();
+    let image = decode(&bytes, DecodeLimits::default()).unwrap();
+    let render = |watermark: bool| {
+        let mut edit = edit(&[("background.color", "000000")]);
+        edit.watermark = watermark;
+        let job = Job {
+            image: image.clone(),
+            background: None,
+            edit,
+        };
+        editor.render(&[job]).pop().unwrap().unwrap().image
+    };
+    let (plain, marked) = (render(false), render(true));
+    // CPU reference: white at 35 % over the picture on diagonal bands 24 px wide every 96.
+    let mut striped = 0;
+    for (x, y, p) in plain.enumerate_pixels() {
+        let m = marked.get_pixel(x, y).0;
+        let on_band = (x + y) % 96 < 24;
+        for (c, (&got, &under)) in m.iter().zip(&p.0).take(3).enumerate() {
+            let expected = if on_band {
+                0.35 * 255.0 + 0.65 * under as f32
+            } else {
+                under as f32
+            };
+            assert!(
+                (got as f32 - expected).abs() <= 1.0,
+                "({x},{y}) channel {c}: {got} vs {expected}"
+            );
+        }
+        striped += on_band as usize;
+    }
+    let pixels = (plain.width() * plain.height()) as usize;
+    assert!(
+        striped * 5 > pixels,
+        "about a quarter of the picture is striped"
+    );
+}

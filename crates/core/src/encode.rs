@@ -270,7 +270,11 @@ mod tests {
         let bytes = encode(&original, OutputFormat::WebP).unwrap();
         let mut lossless = Cursor::new(Vec::new());
         original.write_to(&mut lossless, ImageFormat::WebP).unwrap();
-        assert!(bytes.len() < lossless.get_ref().len() / 2, "{} bytes", bytes.len());
+        assert!(
+            bytes.len() < lossless.get_ref().len() / 2,
+            "{} bytes",
+            bytes.len()
+        );
 
         let decoded = image::load_from_memory_with_format(&bytes, ImageFormat::WebP)
             .unwrap()
@@ -280,12 +284,17 @@ mod tests {
         for (d, o) in decoded.pixels().zip(original.pixels()) {
             assert_eq!(d.0[3], o.0[3], "alpha is kept exactly");
             if o.0[3] == 255 {
-                colour_error += (0..3).map(|c| (d.0[c] as f32 - o.0[c] as f32).abs()).sum::<f32>();
+                colour_error += (0..3)
+                    .map(|c| (d.0[c] as f32 - o.0[c] as f32).abs())
+                    .sum::<f32>();
                 opaque += 3.0;
             }
         }
         let mean = colour_error / opaque;
-        assert!(mean < 2.0, "quality 90 keeps colours close: mean error {mean}");
+        assert!(
+            mean < 2.0,
+            "quality 90 keeps colours close: mean error {mean}"
+        );
     }
 
     #[test]
