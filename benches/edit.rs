@@ -94,7 +94,7 @@ fn operations(c: &mut Criterion) {
                         channels: 0,
                         matte: [1.0; 4],
                         watermark: false,
-                        despill: false,
+                        despill: None,
                     },
                 ))
             })

@@ -14,8 +14,11 @@ struct Params {
     shadow_on: u32,
     outline_on: u32,
     watermark: u32,
-    // 1: limit green to the mean of red and blue in the subject (green-screen spill).
-    despill: u32,
+    _pad: u32,
+    // Spill removal: the subject loses max(0, rgb·weights) × direction (zero: off). For a
+    // green background, green is limited to the mean of red and blue.
+    spill_weights: vec4<f32>,
+    spill_direction: vec4<f32>,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -58,9 +61,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         color = over(vec4<f32>(params.outline_color.rgb * a, a), color);
     }
     var pixel = unpack4x8unorm(subject[i]);
-    if (params.despill == 1u) {
-        pixel.g = min(pixel.g, 0.5 * (pixel.r + pixel.b));
-    }
+    let spill = max(0.0, dot(pixel.rgb, params.spill_weights.rgb));
+    pixel = vec4<f32>(pixel.rgb - spill * params.spill_direction.rgb, pixel.a);
     let subject_alpha = unpack4x8unorm(subject_mask[i]).r;
     color = over(vec4<f32>(pixel.rgb * subject_alpha, subject_alpha), color);
     if (params.watermark == 1u) {

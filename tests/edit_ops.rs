@@ -335,7 +335,7 @@ fn compose_matches_cpu_over() {
                 channels: 0,
                 matte: [1.0; 4],
                 watermark: false,
-                despill: false,
+                despill: None,
             },
         )
         .unwrap();
@@ -352,20 +352,15 @@ fn compose_matches_cpu_over() {
     }
 }
 
+/// The classic limiters as the reference: on a green background green falls to the mean of
+/// red and blue; on a blue one blue falls to the mean of red and green.
 #[test]
-fn despill_limits_green_to_the_mean_of_red_and_blue() {
+fn despill_limits_the_background_colour_channel() {
     let ops = ops();
     let subject = texture();
     let mask = RgbaImage::from_pixel(W, H, Rgba([255, 255, 255, 255]));
     let subject_gpu = ops.upload(&subject).unwrap();
     let mask_gpu = ops.upload(&mask).unwrap();
-    let style = ComposeStyle {
-        background_color: [0.0; 4],
-        channels: 0,
-        matte: [1.0; 4],
-        watermark: false,
-        despill: true,
-    };
     let layers = ComposeLayers {
         background: None,
         shadow: None,
@@ -373,12 +368,30 @@ fn despill_limits_green_to_the_mean_of_red_and_blue() {
         subject: &subject_gpu,
         subject_mask: &mask_gpu,
     };
-    let out = ops.download(&ops.compose(&layers, style).unwrap()).unwrap();
-    for (p, s) in out.pixels().zip(subject.pixels()) {
-        let [r, g, b, _] = s.0.map(|c| c as f32);
-        let expected = g.min((r + b) / 2.0);
-        assert!((p.0[1] as f32 - expected).abs() <= 1.0);
-        assert_eq!((p.0[0], p.0[2]), (s.0[0], s.0[2]));
+    for (key, limited) in [([0.0, 1.0, 0.0], 1), ([0.0, 0.0, 1.0], 2)] {
+        let style = ComposeStyle {
+            background_color: [0.0; 4],
+            channels: 0,
+            matte: [1.0; 4],
+            watermark: false,
+            despill: Some(key),
+        };
+        let out = ops.download(&ops.compose(&layers, style).unwrap()).unwrap();
+        for (p, s) in out.pixels().zip(subject.pixels()) {
+            let rgb = [s.0[0], s.0[1], s.0[2]].map(|c| c as f32);
+            let others: f32 = (0..3).filter(|&c| c != limited).map(|c| rgb[c]).sum();
+            for (c, &value) in rgb.iter().enumerate() {
+                let expected = if c == limited {
+                    value.min(others / 2.0)
+                } else {
+                    value
+                };
+                assert!(
+                    (p.0[c] as f32 - expected).abs() <= 1.0,
+                    "key {key:?} channel {c}"
+                );
+            }
+        }
     }
 }
 

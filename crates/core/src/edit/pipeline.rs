@@ -124,6 +124,11 @@ impl Editor {
         let roi = region_of_interest(edit, width, height)?;
 
         let start = Instant::now();
+        let spill_key = match (&model_mask, edit.despill) {
+            (_, false) => None,
+            (Some(mask), true) => Some(background_colour(&job.image, mask).unwrap_or(GREEN)),
+            (None, true) => Some(GREEN),
+        };
         let mask = match model_mask {
             Some(mask) => Some(self.remover.full_size_mask(image, &mask)?),
             None => None,
@@ -227,7 +232,7 @@ impl Editor {
             },
             matte: [1.0; 4],
             watermark: edit.watermark,
-            despill: edit.despill,
+            despill: spill_key,
         };
         let composed = ops.compose(
             &ComposeLayers {
@@ -255,6 +260,37 @@ impl Editor {
             timings: Timings::default(),
         })
     }
+}
+
+/// PhotoRoom documents despill for green backgrounds; other coloured backgrounds are found
+/// by `background_colour`.
+const GREEN: [f32; 3] = [0.0, 1.0, 0.0];
+
+/// The mean colour of the photo where the model's mask says background, when it is coloured
+/// enough to spill onto the subject (grey, white and black backgrounds are not).
+fn background_colour(image: &RgbaImage, mask: &RgbaImage) -> Option<[f32; 3]> {
+    let (width, height) = (image.width() as u64, image.height() as u64);
+    let (mask_width, mask_height) = (mask.width() as u64, mask.height() as u64);
+    let mut sum = [0.0f64; 3];
+    let mut count = 0u64;
+    for (x, y, m) in mask.enumerate_pixels() {
+        if m.0[0] < 13 {
+            let px = (2 * x as u64 + 1) * width / (2 * mask_width);
+            let py = (2 * y as u64 + 1) * height / (2 * mask_height);
+            let pixel = image.get_pixel(px as u32, py as u32).0;
+            for c in 0..3 {
+                sum[c] += pixel[c] as f64 / 255.0;
+            }
+            count += 1;
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    let mean = sum.map(|s| (s / count as f64) as f32);
+    let max = mean.iter().copied().fold(0.0, f32::max);
+    let min = mean.iter().copied().fold(1.0, f32::min);
+    (max - min >= 0.15).then_some(mean)
 }
 
 fn needs_model(job: &Job) -> bool {
@@ -367,4 +403,35 @@ fn clip_box(rect: Rect, canvas: [u32; 2]) -> Option<[u32; 4]> {
     let x1 = rect.x1.round().clamp(0.0, canvas[0] as f64) as u32;
     let y1 = rect.y1.round().clamp(0.0, canvas[1] as f64) as u32;
     (x1 > x0 && y1 > y0).then(|| [x0, y0, x1 - x0, y1 - y0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A photo whose left half is `left` and right half a red subject; the mask marks the
+    /// left half as background.
+    fn photo_and_mask(left: [u8; 3]) -> (RgbaImage, RgbaImage) {
+        let photo = RgbaImage::from_fn(400, 300, |x, _| {
+            let [r, g, b] = if x < 200 { left } else { [200, 30, 30] };
+            image::Rgba([r, g, b, 255])
+        });
+        let mask = RgbaImage::from_fn(320, 320, |x, _| {
+            let v = if x < 160 { 0 } else { 255 };
+            image::Rgba([v, v, v, 255])
+        });
+        (photo, mask)
+    }
+
+    #[test]
+    fn despill_key_is_the_coloured_background() {
+        let (photo, mask) = photo_and_mask([20, 60, 220]);
+        let key = background_colour(&photo, &mask).unwrap();
+        let expected = [20.0 / 255.0, 60.0 / 255.0, 220.0 / 255.0];
+        for c in 0..3 {
+            assert!((key[c] - expected[c]).abs() < 1e-3, "{key:?}");
+        }
+        let (photo, mask) = photo_and_mask([235, 235, 230]);
+        assert_eq!(background_colour(&photo, &mask), None, "white has no spill");
+    }
 }

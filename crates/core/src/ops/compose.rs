@@ -19,8 +19,26 @@ pub struct ComposeStyle {
     pub channels: u32,
     pub matte: [f32; 4],
     pub watermark: bool,
-    /// Limit the subject's green to the mean of its red and blue (green-screen spill).
-    pub despill: bool,
+    /// The background colour (straight RGB) whose reflections to remove from the subject.
+    pub despill: Option<[f32; 3]>,
+}
+
+/// A spill limiter for `key`: the subject loses `max(0, rgb·weights) × direction`. For pure
+/// green that is the classic limiter, green down to the mean of red and blue; for any other
+/// colour the same rule in its direction (blue: blue down to the mean of red and green).
+fn spill_limiter(key: [f32; 3]) -> ([f32; 4], [f32; 4]) {
+    let mean = key.iter().sum::<f32>() / 3.0;
+    let max = key.iter().copied().fold(f32::MIN, f32::max);
+    let min = key.iter().copied().fold(f32::MAX, f32::min);
+    if max - min < 1e-3 {
+        return ([0.0; 4], [0.0; 4]);
+    }
+    let weights = key.map(|c| (c - mean) / (max - mean));
+    let direction = key.map(|c| (c - min) / (max - min));
+    (
+        [weights[0], weights[1], weights[2], 0.0],
+        [direction[0], direction[1], direction[2], 0.0],
+    )
 }
 
 #[repr(C)]
@@ -35,7 +53,9 @@ struct Params {
     shadow_on: u32,
     outline_on: u32,
     watermark: u32,
-    despill: u32,
+    _pad: u32,
+    spill_weights: [f32; 4],
+    spill_direction: [f32; 4],
 }
 
 impl ImageOps {
@@ -59,6 +79,8 @@ impl ImageOps {
                 "compose layers differ in size".into(),
             ));
         }
+        let (spill_weights, spill_direction) =
+            style.despill.map_or(([0.0; 4], [0.0; 4]), spill_limiter);
         let params = self.uniform(&Params {
             size: [w, h],
             background_mode: layers.background.is_some() as u32,
@@ -69,7 +91,9 @@ impl ImageOps {
             shadow_on: layers.shadow.is_some() as u32,
             outline_on: layers.outline.is_some() as u32,
             watermark: style.watermark as u32,
-            despill: style.despill as u32,
+            _pad: 0,
+            spill_weights,
+            spill_direction,
         });
         let output = self.empty_image(w, h)?;
         let mut encoder = self.encoder();
