@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Credits per key reported by the account endpoints and enforced (402).
     #[arg(long, default_value_t = 10_000.0)]
     credits: f64,
+    /// Megapixel images per minute and key, as remove.bg counts them (0: no limit); 429 with
+    /// Retry-After beyond it. Applies only with keys.
+    #[arg(long, default_value_t = 500)]
+    rate_limit: u32,
     /// Do not download a missing model.
     #[arg(long)]
     offline: bool,
@@ -56,6 +60,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = Config {
         keys,
         monthly_credits: args.credits,
+        rate_limit: args.rate_limit,
         ..Config::default()
     };
     config.batching.max_batch = args.max_batch.max(1);

@@ -13,6 +13,7 @@ use crate::State;
 use crate::body::{self, BodyError, Form};
 use crate::fetch::{self, FetchError};
 use crate::keys::Key;
+use crate::limit::{self, Budget};
 use crate::queue::Rejected;
 use crate::respond::{Dialect, Failure, Reply, error_reply, json_reply};
 
@@ -156,22 +157,75 @@ fn body_failure(error: BodyError, dialect: Dialect) -> Failure {
 /// A rendered and encoded result with what the headers report.
 struct Rendered {
     encoded: Encoded,
+    /// The key's rate budget after this image, when rate limits apply.
+    rate: Option<Budget>,
     width: u32,
     height: u32,
     foreground: Option<[u32; 4]>,
     uncertainty: Option<f32>,
 }
 
-/// Decodes, renders on the GPU queue and encodes one image, charging `credits` to the key
-/// only when it succeeds (402 when the key has too few left).
+/// Who pays for a request, and how much.
+struct Charge<'a> {
+    key: Option<&'a Key>,
+    /// Credits, taken only when the image renders (402 when the key has too few left).
+    credits: f64,
+    /// Units of the per-minute rate limit, from the decoded image (429 when none are left).
+    rate: RateCost,
+}
+
+#[derive(Clone, Copy)]
+enum RateCost {
+    /// PhotoRoom: one per image.
+    Image,
+    /// remove.bg: the input's megapixels, rounded up.
+    Megapixels,
+}
+
+impl<'a> Charge<'a> {
+    fn new(key: Option<&'a Key>, credits: f64, rate: RateCost) -> Self {
+        Self { key, credits, rate }
+    }
+}
+
+/// Takes the image's units from the key's minute; keys only, and only with a limit set.
+fn rate_check(
+    state: &State,
+    charge: &Charge,
+    (width, height): (u32, u32),
+) -> Result<Option<Budget>, Failure> {
+    let (Some(key), Some(limiter)) = (charge.key, state.limiter.as_ref()) else {
+        return Ok(None);
+    };
+    let units = match charge.rate {
+        RateCost::Image => 1,
+        RateCost::Megapixels => limit::megapixel_images(width, height),
+    };
+    limiter.take(&key.hash, units).map(Some).map_err(|budget| {
+        let mut failure = Failure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            format!(
+                "Rate limit exceeded: {} megapixel images per minute, this image needs {units}",
+                budget.limit
+            ),
+        );
+        failure.retry_after = Some(budget.retry_after(limit::unix_now()));
+        failure.headers.extend(budget.headers());
+        failure
+    })
+}
+
+/// Decodes, renders on the GPU queue and encodes one image, charging the key as `charge`
+/// says.
 async fn render(
     state: &State,
     image: Bytes,
     background: Option<Bytes>,
     edit: Edit,
-    key: Option<&Key>,
-    credits: f64,
+    charge: Charge<'_>,
 ) -> Result<Rendered, Failure> {
+    let (key, credits) = (charge.key, charge.credits);
     charge_check(state, key, credits)?;
     let limits = state.config.decode;
     let decode = |bytes: Bytes, what: &'static str| async move {
@@ -192,6 +246,7 @@ async fn render(
             })
     };
     let image = decode(image, "image").await?;
+    let rate = rate_check(state, &charge, image.dimensions())?;
     let background = match background {
         Some(bytes) => Some(decode(bytes, "background image").await?),
         None => None,
@@ -268,6 +323,7 @@ async fn render(
     }
     Ok(Rendered {
         encoded,
+        rate,
         width,
         height,
         foreground,
@@ -319,6 +375,9 @@ fn image_reply(rendered: &Rendered) -> hyper::http::response::Builder {
             .header("x-foreground-left", left)
             .header("x-foreground-width", width)
             .header("x-foreground-height", height);
+    }
+    for (name, value) in rendered.rate.iter().flat_map(Budget::headers) {
+        builder = builder.header(name, value);
     }
     let score = rendered
         .uncertainty
@@ -375,7 +434,14 @@ async fn segment(state: &State, request: Request<Incoming>) -> Result<Reply, Fai
     } else {
         1.0
     };
-    let rendered = render(state, image, None, edit, key, credits).await?;
+    let rendered = render(
+        state,
+        image,
+        None,
+        edit,
+        Charge::new(key, credits, RateCost::Image),
+    )
+    .await?;
     let builder = image_reply(&rendered).header("x-credits-charged", credits.to_string());
     Ok(if json_wanted {
         json_body(
@@ -424,7 +490,14 @@ async fn edit(state: &State, request: Request<Incoming>) -> Result<Reply, Failur
         }
         (None, None) => None,
     };
-    let rendered = render(state, image, background, edit, key, 1.0).await?;
+    let rendered = render(
+        state,
+        image,
+        background,
+        edit,
+        Charge::new(key, 1.0, RateCost::Image),
+    )
+    .await?;
     Ok(image_body(
         image_reply(&rendered).header("x-credits-charged", "1"),
         rendered,
@@ -509,7 +582,14 @@ async fn remove_bg(state: &State, request: Request<Incoming>) -> Result<Reply, F
     } else {
         1.0
     };
-    let rendered = render(state, image, background, edit, key, credits).await?;
+    let rendered = render(
+        state,
+        image,
+        background,
+        edit,
+        Charge::new(key, credits, RateCost::Megapixels),
+    )
+    .await?;
     let mut builder = image_reply(&rendered).header("x-credits-charged", credits.to_string());
     if let Some(kind) = form.field("type").filter(|t| *t != "auto")
         && form.field("type_level") != Some("none")
@@ -559,6 +639,13 @@ async fn simple(state: &State, request: Request<Incoming>) -> Result<Reply, Fail
         .ok_or_else(|| Failure::bad_request("missing_image", "No image file provided"))?;
     let edit = cutout_core::edit::simple::parse(form.fields.clone())
         .map_err(|e| Failure::bad_request("validation_error", e.to_string()))?;
-    let rendered = render(state, image, None, edit, key, 1.0).await?;
+    let rendered = render(
+        state,
+        image,
+        None,
+        edit,
+        Charge::new(key, 1.0, RateCost::Image),
+    )
+    .await?;
     Ok(image_body(image_reply(&rendered), rendered))
 }

@@ -6,6 +6,7 @@ mod api;
 mod body;
 pub mod fetch;
 pub mod keys;
+mod limit;
 mod openapi;
 mod queue;
 mod respond;
@@ -35,6 +36,9 @@ pub struct Config {
     pub decode: DecodeLimits,
     /// Credits each key may use per server run (the account endpoints report it).
     pub monthly_credits: f64,
+    /// Megapixel images per minute and key (remove.bg's rule; PhotoRoom endpoints count
+    /// images); 0 for no limit. Without keys there is no limit.
+    pub rate_limit: u32,
     pub keys: KeyStore,
 }
 
@@ -50,6 +54,7 @@ impl Default for Config {
             max_upload: 30 * 1024 * 1024,
             decode: DecodeLimits::default(),
             monthly_credits: 10_000.0,
+            rate_limit: 500,
             keys: KeyStore::default(),
         }
     }
@@ -57,6 +62,7 @@ impl Default for Config {
 
 struct State {
     config: Config,
+    limiter: Option<limit::RateLimiter>,
     queue: queue::JobQueue,
     next_id: AtomicU64,
 }
@@ -81,8 +87,10 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (queue, worker) = queue::JobQueue::start(editor, config.batching.clone());
+    let limiter = (config.rate_limit > 0).then(|| limit::RateLimiter::new(config.rate_limit));
     let state = Arc::new(State {
         config,
+        limiter,
         queue,
         next_id: AtomicU64::new(1),
     });

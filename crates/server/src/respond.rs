@@ -27,6 +27,8 @@ pub struct Failure {
     pub code: String,
     pub message: String,
     pub retry_after: Option<u64>,
+    /// More headers for the error reply (e.g. `X-RateLimit-*` on 429).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Failure {
@@ -36,6 +38,7 @@ impl Failure {
             code: code.into(),
             message: message.into(),
             retry_after: None,
+            headers: Vec::new(),
         }
     }
 
@@ -72,10 +75,12 @@ pub fn error_reply(dialect: Dialect, failure: &Failure) -> Reply {
         Dialect::Simple => json!({"error": {"code": failure.code, "message": failure.message}}),
     };
     let mut reply = json_reply(status, body);
+    let headers = reply.headers_mut();
     if let Some(seconds) = failure.retry_after {
-        reply
-            .headers_mut()
-            .insert("retry-after", seconds.to_string().parse().expect("digits"));
+        headers.insert("retry-after", seconds.to_string().parse().expect("digits"));
+    }
+    for (name, value) in &failure.headers {
+        headers.insert(*name, value.parse().expect("header text"));
     }
     reply
 }

@@ -497,3 +497,66 @@ fn a_full_queue_answers_503_with_retry_after() {
     assert!(busy.iter().all(|r| r.header("retry-after").is_some()));
     assert!(replies.iter().any(|r| r.status == 200));
 }
+
+#[test]
+fn rate_limit_counts_megapixel_images_and_answers_429() {
+    let dir = std::env::temp_dir().join(format!("cutout-http-rate-{}", std::process::id()));
+    let path = dir.join("keys");
+    let key = cutout_server::keys::create(&path, "shop", false).unwrap();
+    let config = Config {
+        keys: KeyStore::load(&path).unwrap(),
+        rate_limit: 3,
+        ..Config::default()
+    };
+    let addr = start(config);
+    let header = format!("x-api-key: {key}");
+    // 1600×1200 costs 2 megapixel images; chelsea.jpg (451×300) costs 1.
+    let large = image::RgbImage::from_fn(1600, 1200, |x, y| {
+        image::Rgb([(x / 7) as u8, (y / 5) as u8, ((x + y) / 11) as u8])
+    });
+    let large_path = dir.join("large.jpg");
+    large.save(&large_path).unwrap();
+    let large_file = format!("image_file=@{}", large_path.display());
+    let small_file = format!("image_file={}", photo());
+    let removebg = |file: &str| {
+        curl(
+            addr,
+            "/v1.0/removebg",
+            &["-H", &header, "-F", file, "-F", "size=preview"],
+        )
+    };
+
+    let first = removebg(&large_file);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-ratelimit-limit"), Some("3"));
+    assert_eq!(first.header("x-ratelimit-remaining"), Some("1"));
+    let reset: u64 = first.header("x-ratelimit-reset").unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(reset > now && reset <= now + 60 && reset.is_multiple_of(60));
+
+    let refused = removebg(&large_file);
+    // Unless the minute turned over in between, the second large image does not fit.
+    if refused.status == 429 {
+        assert_eq!(refused.json()["errors"][0]["code"], "rate_limit_exceeded");
+        assert_eq!(refused.json()["errors"][0]["title"], "Rate limit exceeded");
+        let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry));
+        assert_eq!(refused.header("x-ratelimit-remaining"), Some("1"));
+        let last = removebg(&small_file);
+        assert_eq!(last.status, 200);
+        assert_eq!(last.header("x-ratelimit-remaining"), Some("0"));
+        let photoroom = curl(
+            addr,
+            "/v1/segment",
+            &["-H", &header, "-F", &small_file, "-F", "size=preview"],
+        );
+        assert_eq!(photoroom.status, 429);
+        assert_eq!(photoroom.json()["type"], "rate_limit_exceeded");
+    } else {
+        assert_eq!(refused.status, 200, "a new minute began");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
