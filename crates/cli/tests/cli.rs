@@ -106,3 +106,69 @@ fn models_list_shows_the_embedded_default() {
         "{stdout}"
     );
 }
+
+/// Runs curl against the server; returns the HTTP status (0 when nothing answered).
+fn curl_status(url: &str, args: &[&str]) -> u16 {
+    let output = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl is installed");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let keys = std::env::temp_dir().join(format!("cutout-cli-keys-{}", std::process::id()));
+    let mut server = cutout()
+        .args(["serve", "--offline", "--addr", &format!("127.0.0.1:{port}")])
+        .arg("--keys")
+        .arg(&keys)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = format!("{base}/health");
+    let started = std::time::Instant::now();
+    while curl_status(&health, &[]) != 200 {
+        assert!(started.elapsed().as_secs() < 60, "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    let image = format!("image_file=@{}", photo("coffee.jpg").display());
+    let segment = format!("{base}/v1/segment");
+    let in_flight = std::thread::spawn(move || curl_status(&segment, &["-F", &image]));
+    // Wait until the job is on the queue, then ask the server to stop.
+    let queued = || {
+        let output = Command::new("curl").args(["-s", &health]).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).contains("\"queued\":1")
+    };
+    let waiting = std::time::Instant::now();
+    while !queued() {
+        assert!(waiting.elapsed().as_secs() < 30, "the request never queued");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    assert_eq!(
+        in_flight.join().unwrap(),
+        200,
+        "the in-flight request completes"
+    );
+    let status = server.wait().unwrap();
+    assert!(status.success(), "exits cleanly: {status}");
+    assert_eq!(curl_status(&health, &[]), 0, "no longer listening");
+}
