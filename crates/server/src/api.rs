@@ -139,8 +139,13 @@ fn body_failure(error: BodyError, dialect: Dialect) -> Failure {
                 Dialect::Simple => "image_too_large",
                 _ => "payload_too_large",
             };
+            // The simple API documents 400 for a file over its limit.
+            let status = match dialect {
+                Dialect::Simple => StatusCode::BAD_REQUEST,
+                _ => StatusCode::PAYLOAD_TOO_LARGE,
+            };
             Failure::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                status,
                 code,
                 format!("the request body is larger than {limit} bytes"),
             )

@@ -72,7 +72,10 @@ pub fn error_reply(dialect: Dialect, failure: &Failure) -> Reply {
             "code": failure.code,
             "detail": failure.message,
         }]}),
-        Dialect::Simple => json!({"error": {"code": failure.code, "message": failure.message}}),
+        Dialect::Simple => json!({"error": {
+            "code": simple_code(status, &failure.code),
+            "message": failure.message,
+        }}),
     };
     let mut reply = json_reply(status, body);
     let headers = reply.headers_mut();
@@ -83,6 +86,21 @@ pub fn error_reply(dialect: Dialect, failure: &Failure) -> Reply {
         headers.insert(*name, value.parse().expect("header text"));
     }
     reply
+}
+
+/// The simple API documents one code per status (and `missing_image`/`image_too_large` for
+/// 400).
+fn simple_code(status: StatusCode, code: &str) -> &str {
+    match (status.as_u16(), code) {
+        (400, "missing_image" | "image_too_large") => code,
+        (400, "resolution_too_high") => "image_too_large",
+        (400, _) => "validation_error",
+        (401, _) => "authentication_error",
+        (402, _) => "payment_required",
+        (429, _) => "rate_limit_exceeded",
+        (500, _) => "internal_server_error",
+        _ => code,
+    }
 }
 
 /// remove.bg's documented titles where there is one.

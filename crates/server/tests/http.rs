@@ -560,3 +560,98 @@ fn rate_limit_counts_megapixel_images_and_answers_429() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn simple_api_options_and_documented_errors() {
+    let image = format!("image={}", photo());
+    let reply = curl(
+        server(),
+        "/v1/remove-background",
+        &[
+            "-F",
+            &image,
+            "-F",
+            "format=jpg",
+            "-F",
+            "channels=rgb",
+            "-F",
+            "bg_color=rgb(255, 255, 255)",
+            "-F",
+            "size=preview",
+            "-F",
+            "crop=true",
+        ],
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.header("content-type"), Some("image/jpeg"));
+    let result = image::load_from_memory(&reply.body).unwrap();
+    let (width, height) = (result.width(), result.height());
+    assert_eq!(
+        reply.header("x-image-width"),
+        Some(width.to_string().as_str())
+    );
+    assert_eq!(
+        reply.header("x-image-height"),
+        Some(height.to_string().as_str())
+    );
+    assert!(
+        width.max(height) <= 256,
+        "preview is at most 256 px: {width}x{height}"
+    );
+    assert!(reply.header("x-request-id").is_some());
+    assert!(reply.header("x-processing-time-ms").is_some());
+
+    let webp = curl(
+        server(),
+        "/v1/remove-background",
+        &["-F", &image, "-F", "format=webp", "-F", "size=small"],
+    );
+    assert_eq!(webp.status, 200);
+    assert_eq!(webp.header("content-type"), Some("image/webp"));
+
+    let error = |reply: &Reply| reply.json()["error"]["code"].as_str().unwrap().to_string();
+    let missing = curl(server(), "/v1/remove-background", &["-F", "format=png"]);
+    assert_eq!(
+        (missing.status, error(&missing).as_str()),
+        (400, "missing_image")
+    );
+    let invalid = curl(
+        server(),
+        "/v1/remove-background",
+        &["-F", &image, "-F", "size=huge"],
+    );
+    assert_eq!(
+        (invalid.status, error(&invalid).as_str()),
+        (400, "validation_error")
+    );
+    let corrupt = format!("image=@{}", fixture("decode/truncated.jpg").display());
+    let corrupt = curl(server(), "/v1/remove-background", &["-F", &corrupt]);
+    assert_eq!(
+        (corrupt.status, error(&corrupt).as_str()),
+        (400, "validation_error")
+    );
+    // Over the documented 20 MB: 400 image_too_large, refused from the header.
+    let too_large = curl(
+        server(),
+        "/v1/remove-background",
+        &[
+            "-H",
+            "Content-Length: 21000000",
+            "-H",
+            "Content-Type: multipart/form-data; boundary=x",
+            "--data-binary",
+            "x",
+            "--max-time",
+            "5",
+        ],
+    );
+    assert_eq!(
+        (too_large.status, error(&too_large).as_str()),
+        (400, "image_too_large")
+    );
+}
