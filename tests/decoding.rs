@@ -85,3 +85,13 @@ fn oversized_images_are_refused_from_the_header() {
     let err = decode(&bytes, DecodeLimits { max_pixels: 1000 }).unwrap_err();
     assert!(matches!(err, Error::TooLarge(_)), "{err}");
 }
+
+#[test]
+fn heic_is_named_in_the_error() {
+    // The first box of an iPhone photo: size, "ftyp", major brand "heic".
+    let mut bytes = vec![0, 0, 0, 24];
+    bytes.extend_from_slice(b"ftypheic\0\0\0\0mif1heic");
+    bytes.resize(64, 0);
+    let error = decode(&bytes, DecodeLimits::default()).unwrap_err();
+    assert!(error.to_string().contains("HEIC"), "{error}");
+}

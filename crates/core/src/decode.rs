@@ -35,6 +35,11 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage> {
                 "{other:?} is not supported (use JPEG, PNG or WebP)"
             )));
         }
+        None if is_heif(bytes) => {
+            return Err(Error::Decode(
+                "HEIC/HEIF images are not supported yet (use JPEG, PNG or WebP)".into(),
+            ));
+        }
         None => return Err(Error::Decode("not a JPEG, PNG or WebP image".into())),
     }
     let mut decoder = reader
@@ -63,4 +68,14 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage> {
     })?;
     image.apply_orientation(orientation);
     Ok(image.into_rgba8())
+}
+
+/// An ISO-BMFF `ftyp` box with a HEIF brand (iPhone photos are HEIC).
+fn is_heif(bytes: &[u8]) -> bool {
+    bytes.len() >= 12
+        && &bytes[4..8] == b"ftyp"
+        && matches!(
+            &bytes[8..12],
+            b"heic" | b"heix" | b"hevc" | b"hevx" | b"heim" | b"heis" | b"mif1" | b"msf1"
+        )
 }
