@@ -1,9 +1,12 @@
 // Model input from an RGBA8 image, as rembg prepares it: scale by the image's maximum
-// channel value, then (x - mean) / std per channel, written planar (CHW) as f32.
+// channel value, then (x - mean) / std per channel, written planar (CHW) as f32: into a
+// buffer of cutout's, or straight into the model's input tensor on the device.
 
 struct Params {
     width: u32,
     height: u32,
+    // Index of the first plane value in `dst` (the binding may start earlier).
+    base: u32,
     mean: vec4<f32>,
     inv_std: vec4<f32>,
 }
@@ -44,7 +47,8 @@ fn normalize(@builtin(global_invocation_id) id: vec3<u32>) {
     }
     let scale = 1.0 / max(f32(atomicLoad(&max_value)), 1e-6);
     let value = (vec3<f32>(rgb(id.x)) * scale - params.mean.rgb) * params.inv_std.rgb;
-    dst[id.x] = value.r;
-    dst[count + id.x] = value.g;
-    dst[2u * count + id.x] = value.b;
+    let at = params.base + id.x;
+    dst[at] = value.r;
+    dst[at + count] = value.g;
+    dst[at + 2u * count] = value.b;
 }

@@ -184,3 +184,92 @@ fn cutout_keeps_colour_and_uses_mask_as_alpha() {
         assert_eq!(out.0[3], 255);
     }
 }
+
+/// On burn's wgpu backend the normalise shader writes straight into the model's input
+/// tensor: the tensor then holds what the host path would have uploaded.
+#[test]
+fn normalised_planes_land_in_the_model_input_tensor() {
+    use burn::tensor::Tensor;
+    use cutout_core::model::wgpu_io::TensorBuffer;
+    use cutout_core::ops::{Filter, ImageOps};
+
+    let ops = ImageOps::new(gpu());
+    let spec = model::spec("u2netp").unwrap();
+    let bytes = std::fs::read(fixture("images/coffee.jpg")).unwrap();
+    let photo = cutout_core::decode::decode(&bytes, Default::default()).unwrap();
+    let small = ops
+        .resize(&ops.upload(&photo).unwrap(), 64, 48, Filter::Lanczos3)
+        .unwrap();
+    let on_host = ops.normalize(&small, spec.mean, spec.std).unwrap();
+
+    let planes = on_host.len();
+    let input = Tensor::<4>::zeros([2, 3, 48, 64], &gpu().burn_device);
+    let input = TensorBuffer::of(input).expect("a wgpu tensor");
+    // The second image's slot: the first must stay untouched.
+    ops.normalize_into(
+        &small,
+        spec.mean,
+        spec.std,
+        input.range(planes as u64, planes as u64),
+    );
+    let values: Vec<f32> = input.into_tensor().into_data().try_to_vec::<f32>().unwrap();
+    assert!(values[..planes].iter().all(|&v| v == 0.0));
+    assert_eq!(max_abs_diff(&values[planes..], &on_host), 0.0);
+}
+
+/// The prediction → mask shader reads the model's output tensor in place and matches the
+/// CPU post-processing (min-max, truncate to 8 bits).
+#[test]
+fn masks_are_read_from_the_model_output_tensor() {
+    use burn::tensor::{Tensor, TensorData};
+    use cutout_core::model::wgpu_io::TensorBuffer;
+    use cutout_core::ops::ImageOps;
+
+    let ops = ImageOps::new(gpu());
+    let side = 40usize;
+    let values: Vec<f32> = (0..2 * side * side)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 * 0.8 + 0.05 * (i / (side * side)) as f32)
+        .collect();
+    let output = Tensor::<4>::from_data(
+        TensorData::new(values.clone(), [2, 1, side, side]),
+        &gpu().burn_device,
+    );
+    let output = TensorBuffer::of(output).expect("a wgpu tensor");
+    for (image, prediction) in values.chunks_exact(side * side).enumerate() {
+        let range = output.range((image * side * side) as u64, (side * side) as u64);
+        let mask = ops.mask_from_prediction(range, side as u32).unwrap();
+        let mask = ops.download(&mask).unwrap();
+        let (low, high) = prediction
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        for (pixel, &v) in mask.pixels().zip(prediction) {
+            let expected = ((v - low) / (high - low) * 255.0) as u8;
+            assert!(
+                pixel.0[0].abs_diff(expected) <= 1,
+                "{} vs {expected}",
+                pixel.0[0]
+            );
+            assert_eq!(pixel.0[3], 255);
+        }
+    }
+}
+
+/// The whole removal with the model on burn's wgpu backend (input and output tensors filled
+/// and read by cutout's shaders in place) agrees with the CPU backend's host path.
+#[test]
+fn device_resident_model_path_matches_the_cpu_path() {
+    let bytes = std::fs::read(fixture("images/chelsea.jpg")).unwrap();
+    let image = cutout_core::decode::decode(&bytes, Default::default()).unwrap();
+    let on_device = Remover::new(gpu(), session(&gpu().burn_device));
+    let (device_masks, _) = on_device
+        .remove(std::slice::from_ref(&image), CutoutMode::MaskOnly)
+        .unwrap();
+    let (host_masks, _) = remover().remove(&[image], CutoutMode::MaskOnly).unwrap();
+    let worst = device_masks[0]
+        .pixels()
+        .zip(host_masks[0].pixels())
+        .map(|(a, b)| a.0[0].abs_diff(b.0[0]))
+        .max()
+        .unwrap();
+    assert!(worst <= 2, "masks differ by up to {worst} levels");
+}

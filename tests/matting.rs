@@ -188,7 +188,6 @@ fn guided_refinement_lowers_alpha_error_against_ground_truth() {
                 .masks_of(&[&uploaded], &mut Timings::default())
                 .unwrap()
                 .remove(0);
-            let coarse = ops.upload(&coarse).unwrap();
             let plain = ops
                 .resize(&coarse, CANVAS[0], CANVAS[1], Filter::Lanczos3)
                 .unwrap();

@@ -3,11 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use image::RgbaImage;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::model::wgpu_io::TensorBuffer;
 use crate::model::{self, Session};
 use crate::ops::{CutoutMode, Filter, GpuImage, ImageOps, Refinement};
 
@@ -102,14 +103,17 @@ impl Remover {
     }
 
     /// The model's raw masks (values 0..255 after min-max, at the model's input size) for a
-    /// batch of uploaded images.
-    pub fn masks(&self, images: &[GpuImage], timings: &mut Timings) -> Result<Vec<RgbaImage>> {
+    /// batch of uploaded images, on the device.
+    pub fn masks(&self, images: &[GpuImage], timings: &mut Timings) -> Result<Vec<GpuImage>> {
         let images: Vec<&GpuImage> = images.iter().collect();
         self.masks_of(&images, timings)
     }
 
     /// [`Remover::masks`] for borrowed images.
-    pub fn masks_of(&self, images: &[&GpuImage], timings: &mut Timings) -> Result<Vec<RgbaImage>> {
+    pub fn masks_of(&self, images: &[&GpuImage], timings: &mut Timings) -> Result<Vec<GpuImage>> {
+        if let Some(masks) = self.masks_on_device(images, timings)? {
+            return Ok(masks);
+        }
         let spec = self.session.spec;
         let size = spec.input_size as u32;
         let start = Instant::now();
@@ -125,20 +129,60 @@ impl Remover {
         let output = self.session.predict(input, images.len(), [side, side])?;
         timings.forward += start.elapsed();
 
-        Ok(output
+        output
             .chunks_exact(side * side)
-            .map(|prediction| mask_image(prediction, size))
-            .collect())
+            .map(|prediction| self.ops.upload(&mask_image(prediction, size)))
+            .collect()
+    }
+
+    /// On burn's wgpu backend: the input planes are written into the model's input tensor
+    /// and the masks read from its output tensor, all on the device. `None` for a model on
+    /// the CPU. (The forward is only submitted here; its time shows up at the readback.)
+    fn masks_on_device(
+        &self,
+        images: &[&GpuImage],
+        timings: &mut Timings,
+    ) -> Result<Option<Vec<GpuImage>>> {
+        let spec = self.session.spec;
+        let side = spec.input_size;
+        let start = Instant::now();
+        let input = Tensor::<4>::zeros([images.len(), 3, side, side], self.session.device());
+        let Some(input) = TensorBuffer::of(input) else {
+            return Ok(None);
+        };
+        let planes = (3 * side * side) as u64;
+        for (i, image) in images.iter().enumerate() {
+            let small = self
+                .ops
+                .resize(image, side as u32, side as u32, Filter::Lanczos3)?;
+            let slot = input.range(i as u64 * planes, planes);
+            self.ops.normalize_into(&small, spec.mean, spec.std, slot);
+        }
+        timings.prepare += start.elapsed();
+
+        let start = Instant::now();
+        let output =
+            TensorBuffer::of(self.session.forward(input.into_tensor())).ok_or_else(|| {
+                Error::InvalidModel("the model's output is not an f32 tensor on the device".into())
+            })?;
+        let pixels = (side * side) as u64;
+        let masks = (0..images.len() as u64)
+            .map(|i| {
+                let prediction = output.range(i * pixels, pixels);
+                self.ops.mask_from_prediction(prediction, side as u32)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        timings.forward += start.elapsed();
+        Ok(Some(masks))
     }
 
     /// `mask` (from [`Remover::masks`]) at `image`'s size.
-    pub fn full_size_mask(&self, image: &GpuImage, mask: &RgbaImage) -> Result<GpuImage> {
-        let mask = self.ops.upload(mask)?;
+    pub fn full_size_mask(&self, image: &GpuImage, mask: &GpuImage) -> Result<GpuImage> {
         match self.refinement {
-            Some(refinement) => self.ops.refine_mask(image, &mask, refinement),
+            Some(refinement) => self.ops.refine_mask(image, mask, refinement),
             None => self
                 .ops
-                .resize(&mask, image.width, image.height, Filter::Lanczos3),
+                .resize(mask, image.width, image.height, Filter::Lanczos3),
         }
     }
 

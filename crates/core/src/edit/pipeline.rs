@@ -75,7 +75,7 @@ impl Editor {
             .iter()
             .map(|&i| uploaded[i].as_ref().expect("filtered to uploaded images"))
             .collect();
-        let mut masks: Vec<Option<Result<RgbaImage>>> = (0..jobs.len()).map(|_| None).collect();
+        let mut masks: Vec<Option<Result<GpuImage>>> = (0..jobs.len()).map(|_| None).collect();
         if !batch.is_empty() {
             match self.remover.masks_of(&batch, &mut timings) {
                 Ok(found) => {
@@ -115,7 +115,7 @@ impl Editor {
         &self,
         job: &Job,
         image: &GpuImage,
-        model_mask: Option<RgbaImage>,
+        model_mask: Option<GpuImage>,
         timings: &mut Timings,
     ) -> Result<EditOutput> {
         let ops = self.ops();
@@ -126,7 +126,9 @@ impl Editor {
         let start = Instant::now();
         let spill_key = match (&model_mask, edit.despill) {
             (_, false) => None,
-            (Some(mask), true) => Some(background_colour(&job.image, mask).unwrap_or(GREEN)),
+            (Some(mask), true) => {
+                Some(background_colour(&job.image, &ops.download(mask)?).unwrap_or(GREEN))
+            }
             (None, true) => Some(GREEN),
         };
         let mask = match model_mask {

@@ -2,6 +2,7 @@
 
 pub mod onnx;
 pub mod u2net;
+pub mod wgpu_io;
 
 use std::path::{Path, PathBuf};
 
@@ -200,6 +201,12 @@ impl Session {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The network on a batch already on the model's device: NCHW in, the first output
+    /// (N×1×H×W probabilities) out.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.net.forward(x)
     }
 
     /// Runs `batch` normalised images (NCHW, `batch * 3 * size * size` values) and returns

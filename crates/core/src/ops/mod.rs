@@ -6,6 +6,7 @@ mod bbox;
 mod blur;
 mod compose;
 mod cutout;
+mod mask;
 mod normalize;
 mod outline;
 mod place;
@@ -27,6 +28,31 @@ use wgpu::util::DeviceExt;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
+/// Part of a device buffer (e.g. a burn tensor's storage): `size` bytes from `offset`.
+#[derive(Clone, Copy)]
+pub struct BufferRange<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl BufferRange<'_> {
+    /// A binding that covers the range from an offset the device accepts, and the index of
+    /// the range's first f32 inside that binding.
+    fn binding(&self, gpu: &Gpu) -> (wgpu::BindingResource<'_>, u32) {
+        let align = gpu.device.limits().min_storage_buffer_offset_alignment as u64;
+        let start = self.offset / align * align;
+        let size = std::num::NonZeroU64::new(self.offset + self.size - start)
+            .expect("a range of at least one byte");
+        let binding = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: self.buffer,
+            offset: start,
+            size: Some(size),
+        });
+        (binding, ((self.offset - start) / 4) as u32)
+    }
+}
+
 /// An RGBA8 image in a device storage buffer.
 pub struct GpuImage {
     pub buffer: wgpu::Buffer,
@@ -46,6 +72,7 @@ pub struct ImageOps {
     resize: wgpu::ComputePipeline,
     find_max: wgpu::ComputePipeline,
     normalize: wgpu::ComputePipeline,
+    mask: wgpu::ComputePipeline,
     cutout: wgpu::ComputePipeline,
     place: wgpu::ComputePipeline,
     bbox: wgpu::ComputePipeline,
@@ -68,6 +95,7 @@ impl ImageOps {
             "normalize",
             include_str!("../../../../shaders/normalize.wgsl"),
         );
+        let mask = compile(gpu, "mask", include_str!("../../../../shaders/mask.wgsl"));
         let cutout = compile(
             gpu,
             "cutout",
@@ -86,6 +114,7 @@ impl ImageOps {
             resize: pipeline(gpu, &resize, "main"),
             find_max: pipeline(gpu, &normalize, "find_max"),
             normalize: pipeline(gpu, &normalize, "normalize"),
+            mask: pipeline(gpu, &mask, "main"),
             cutout: pipeline(gpu, &cutout, "main"),
             place: pipeline(gpu, &place, "main"),
             bbox: pipeline(gpu, &bbox, "main"),
@@ -200,12 +229,24 @@ impl ImageOps {
         bindings: &[(u32, &wgpu::Buffer)],
         workgroups: [u32; 3],
     ) {
-        let entries: Vec<_> = bindings
+        let resources: Vec<_> = bindings
             .iter()
-            .map(|(binding, buffer)| wgpu::BindGroupEntry {
-                binding: *binding,
-                resource: buffer.as_entire_binding(),
-            })
+            .map(|(binding, buffer)| (*binding, buffer.as_entire_binding()))
+            .collect();
+        self.dispatch_resources(encoder, pipeline, resources, workgroups);
+    }
+
+    /// Records one dispatch with each resource (a whole buffer or part of one) at its binding.
+    fn dispatch_resources(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        pipeline: &wgpu::ComputePipeline,
+        resources: Vec<(u32, wgpu::BindingResource)>,
+        workgroups: [u32; 3],
+    ) {
+        let entries: Vec<_> = resources
+            .into_iter()
+            .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
             .collect();
         let bind_group = self
             .gpu

@@ -1,4 +1,4 @@
-use super::{GpuImage, ImageOps, groups};
+use super::{BufferRange, GpuImage, ImageOps, groups};
 use crate::error::Result;
 
 #[repr(C)]
@@ -6,42 +6,67 @@ use crate::error::Result;
 struct Params {
     width: u32,
     height: u32,
-    _pad: [u32; 2],
+    base: u32,
+    _pad: u32,
     mean: [f32; 4],
     inv_std: [f32; 4],
 }
 
 impl ImageOps {
     /// `shaders/normalize.wgsl`: the model's input planes (CHW f32) for one image, read back
-    /// to the host for the model.
+    /// to the host (for a model on the CPU).
     pub fn normalize(&self, image: &GpuImage, mean: [f32; 3], std: [f32; 3]) -> Result<Vec<f32>> {
+        let size = image.pixel_count() as u64 * 3 * 4;
+        let planes = self.storage(size, "planes");
+        let target = BufferRange {
+            buffer: &planes,
+            offset: 0,
+            size,
+        };
+        self.normalize_into(image, mean, std, target);
+        let bytes = self.read_buffer(&planes, size)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// The model's input planes for one image, written into `target` on the device (3 ×
+    /// pixels f32 values, e.g. one image's slot in the model's input tensor).
+    pub fn normalize_into(
+        &self,
+        image: &GpuImage,
+        mean: [f32; 3],
+        std: [f32; 3],
+        target: BufferRange,
+    ) {
         let count = image.pixel_count();
+        let (binding, base) = target.binding(&self.gpu);
         let params = self.uniform(&Params {
             width: image.width,
             height: image.height,
-            _pad: [0; 2],
+            base,
+            _pad: 0,
             mean: [mean[0], mean[1], mean[2], 0.0],
             inv_std: [1.0 / std[0], 1.0 / std[1], 1.0 / std[2], 0.0],
         });
         let max_value = self.storage(4, "max");
-        let planes = self.storage(count as u64 * 3 * 4, "planes");
         let mut encoder = self.encoder();
         encoder.clear_buffer(&max_value, 0, None);
-        let buffers = [&params, &image.buffer, &max_value, &planes];
         self.dispatch(
             &mut encoder,
             &self.find_max,
-            &buffers[..3],
+            &[&params, &image.buffer, &max_value],
             [groups(count, 256), 1, 1],
         );
-        self.dispatch(
+        self.dispatch_resources(
             &mut encoder,
             &self.normalize,
-            &buffers,
+            vec![
+                (0, params.as_entire_binding()),
+                (1, image.buffer.as_entire_binding()),
+                (2, max_value.as_entire_binding()),
+                (3, binding),
+            ],
             [groups(count, 256), 1, 1],
         );
         self.submit(encoder);
-        let bytes = self.read_buffer(&planes, count as u64 * 3 * 4)?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 }
