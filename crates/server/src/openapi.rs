@@ -43,7 +43,11 @@ fn query_parameters(table: &[Param]) -> Value {
 
 fn image_responses() -> Value {
     json!({
-        "200": {"description": "The edited image", "content": {
+        "200": {"description": "The edited image", "headers": {
+            "X-RateLimit-Limit": {"schema": {"type": "integer"}, "description": "Megapixel images per minute for this key"},
+            "X-RateLimit-Remaining": {"schema": {"type": "integer"}},
+            "X-RateLimit-Reset": {"schema": {"type": "integer"}, "description": "Unix seconds when the minute ends"}
+        }, "content": {
             "image/png": {"schema": {"type": "string", "format": "binary"}},
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
             "image/webp": {"schema": {"type": "string", "format": "binary"}}
@@ -53,6 +57,7 @@ fn image_responses() -> Value {
         "403": {"description": "Missing or invalid API key"},
         "413": {"description": "Upload too large"},
         "415": {"description": "Unsupported content type"},
+        "429": {"description": "Rate limit exceeded; see Retry-After and X-RateLimit-*"},
         "503": {"description": "GPU queue full; see Retry-After"}
     })
 }
