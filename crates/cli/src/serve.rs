@@ -34,7 +34,8 @@ pub struct ServeArgs {
     /// API key file (hashes); without keys the server accepts every request.
     #[arg(long)]
     keys: Option<PathBuf>,
-    /// Credits per key reported by the account endpoints and enforced (402).
+    /// Credits per key and calendar month, enforced (402) and reported by the account
+    /// endpoints; usage is kept in KEYS.usage.
     #[arg(long, default_value_t = 10_000.0)]
     credits: f64,
     /// Megapixel images per minute and key, as remove.bg counts them (0: no limit); 429 with

@@ -1,5 +1,6 @@
-//! API keys, stored as SHA-256 hashes (one per line: `hash name live|sandbox`), and what
-//! each key has used since the server started.
+//! API keys, stored as SHA-256 hashes (one per line: `hash name live|sandbox`), and the
+//! credits each key has used this calendar month (UTC), kept beside the keys in
+//! `KEYS.usage` (one line per key: `YYYY-MM hash credits`) so a restart loses nothing.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -18,7 +19,53 @@ pub struct Key {
 #[derive(Debug, Default)]
 pub struct KeyStore {
     keys: Vec<Key>,
-    used: Mutex<HashMap<String, f64>>,
+    usage: Mutex<Usage>,
+    /// Where usage is saved; `None` keeps it in memory only.
+    usage_path: Option<PathBuf>,
+}
+
+/// Credits used per key hash in one month.
+#[derive(Debug, Default)]
+struct Usage {
+    month: String,
+    used: HashMap<String, f64>,
+}
+
+impl Usage {
+    /// Starts a fresh month when the calendar has moved on.
+    fn roll_to(&mut self, month: &str) {
+        if self.month != month {
+            self.month = month.to_string();
+            self.used.clear();
+        }
+    }
+}
+
+/// The current calendar month in UTC, `YYYY-MM`.
+fn this_month() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    month_of_day((seconds / 86_400) as i64)
+}
+
+/// `YYYY-MM` of a day counted from 1970-01-01 (Howard Hinnant's civil-from-days).
+fn month_of_day(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!("{year:04}-{month:02}")
+}
+
+fn usage_path(keys: &Path) -> PathBuf {
+    let mut name = keys.as_os_str().to_owned();
+    name.push(".usage");
+    PathBuf::from(name)
 }
 
 pub fn hash(key: &str) -> String {
@@ -55,9 +102,22 @@ impl KeyStore {
                 })
             })
             .collect();
+        let usage_path = usage_path(path);
+        let month = this_month();
+        let saved = std::fs::read_to_string(&usage_path).unwrap_or_default();
+        let used = saved
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                let (line_month, hash) = (parts.next()?, parts.next()?);
+                let credits: f64 = parts.next()?.parse().ok()?;
+                (line_month == month).then(|| (hash.to_string(), credits))
+            })
+            .collect();
         Ok(Self {
             keys,
-            used: Mutex::default(),
+            usage: Mutex::new(Usage { month, used }),
+            usage_path: Some(usage_path),
         })
     }
 
@@ -75,23 +135,36 @@ impl KeyStore {
         self.keys.iter().find(|k| k.hash == hashed)
     }
 
+    /// Credits `hash` has used this month.
     pub fn used(&self, hash: &str) -> f64 {
-        self.used
-            .lock()
-            .expect("usage lock")
-            .get(hash)
-            .copied()
-            .unwrap_or(0.0)
+        let mut usage = self.usage.lock().expect("usage lock");
+        usage.roll_to(&this_month());
+        usage.used.get(hash).copied().unwrap_or(0.0)
     }
 
+    /// Adds `credits` to this month's use of `hash` and saves the usage file.
     pub fn charge(&self, hash: &str, credits: f64) {
-        *self
-            .used
-            .lock()
-            .expect("usage lock")
-            .entry(hash.to_string())
-            .or_default() += credits;
+        let mut usage = self.usage.lock().expect("usage lock");
+        usage.roll_to(&this_month());
+        *usage.used.entry(hash.to_string()).or_default() += credits;
+        if let Some(path) = &self.usage_path
+            && let Err(e) = save_usage(path, &usage)
+        {
+            log::warn!("could not save key usage to {}: {e}", path.display());
+        }
     }
+}
+
+/// Writes the usage file whole (to a temporary name, then renamed over the old one).
+fn save_usage(path: &Path, usage: &Usage) -> std::io::Result<()> {
+    let text: String = usage
+        .used
+        .iter()
+        .map(|(hash, credits)| format!("{} {hash} {credits}\n", usage.month))
+        .collect();
+    let temporary = path.with_extension("usage.tmp");
+    std::fs::write(&temporary, text)?;
+    std::fs::rename(temporary, path)
 }
 
 /// Creates a key, stores its hash in `path`, and returns the key (shown once).
@@ -156,6 +229,32 @@ mod tests {
         assert!(store.find("wrong").is_none());
         assert!(revoke(&path, "shop").unwrap());
         assert!(KeyStore::load(&path).unwrap().find(&key).is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn months_from_days() {
+        assert_eq!(month_of_day(0), "1970-01");
+        assert_eq!(month_of_day(20778), "2026-11");
+        assert_eq!(month_of_day(19782), "2024-02");
+        assert_eq!(month_of_day(11017), "2000-03");
+        assert_eq!(month_of_day(10956), "1999-12");
+    }
+
+    #[test]
+    fn usage_survives_a_restart_within_the_month() {
+        let dir = std::env::temp_dir().join(format!("cutout-usage-{}", std::process::id()));
+        let path = dir.join("keys");
+        let key = create(&path, "shop", false).unwrap();
+        let hashed = hash(&key);
+        // Last month's line is history, not this month's use.
+        std::fs::write(usage_path(&path), format!("1999-12 {hashed} 500\n")).unwrap();
+        let store = KeyStore::load(&path).unwrap();
+        assert_eq!(store.used(&hashed), 0.0);
+        store.charge(&hashed, 1.0);
+        store.charge(&hashed, 0.25);
+        let reloaded = KeyStore::load(&path).unwrap();
+        assert_eq!(reloaded.used(&hashed), 1.25);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

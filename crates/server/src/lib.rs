@@ -34,7 +34,7 @@ pub struct Config {
     /// Largest request body accepted (uploads), in bytes.
     pub max_upload: u64,
     pub decode: DecodeLimits,
-    /// Credits each key may use per server run (the account endpoints report it).
+    /// Credits each key may use per calendar month (the account endpoints report it).
     pub monthly_credits: f64,
     /// Megapixel images per minute and key (remove.bg's rule; PhotoRoom endpoints count
     /// images); 0 for no limit. Without keys there is no limit.
