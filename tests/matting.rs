@@ -166,6 +166,7 @@ fn guided_refinement_lowers_alpha_error_against_ground_truth() {
     );
     let ops = remover.ops();
     let (mut plain_score, mut refined_score) = (Score::default(), Score::default());
+    let mut on_white = [0.0f64; 2];
     println!(
         "composite (MAE /255, MSE ×1e-3)      image: plain → refined      band: plain → refined"
     );
@@ -196,6 +197,10 @@ fn guided_refinement_lowers_alpha_error_against_ground_truth() {
                 .refine_mask(&uploaded, &coarse, Refinement::default())
                 .unwrap();
             let refined = red(&ops.download(&refined).unwrap());
+            // What a user sees at the edge: the cut-out on white against the truth on white.
+            let colours = foreground_colours(&foreground, &background);
+            on_white[0] += on_white_error(&photo, &plain, &colours, &truth, &band);
+            on_white[1] += on_white_error(&photo, &refined, &colours, &truth, &band);
 
             let (mut plain_case, mut refined_case) = (Score::default(), Score::default());
             plain_case.add(&plain, &truth, &band);
@@ -210,6 +215,17 @@ fn guided_refinement_lowers_alpha_error_against_ground_truth() {
             refined_score.add(&refined, &truth, &band);
         }
     }
+    let cases = (FOREGROUNDS.len() * BACKGROUNDS.len()) as f64;
+    let on_white = on_white.map(|e| e / cases);
+    println!(
+        "cut-out on white vs the truth on white, edge band, mean abs error: plain {:.2} → \
+         refined {:.2} /255",
+        on_white[0], on_white[1]
+    );
+    assert!(
+        on_white[1] < on_white[0],
+        "on white, the refined cut-out is closer to the truth"
+    );
     let (p, r) = (plain_score.means(), refined_score.means());
     println!(
         "all {} composites: image MAE {:.3} → {:.3} /255, MSE {:.3} → {:.3} ×1e-3; \
@@ -230,4 +246,41 @@ fn guided_refinement_lowers_alpha_error_against_ground_truth() {
     assert!(r[1] < p[1], "image MSE must not rise");
     assert!(r[2] < 0.97 * p[2], "edge band MAE must drop by 3 %");
     assert!(r[3] < 0.98 * p[3], "edge band MSE must drop by 2 %");
+}
+
+/// The foreground's own (straight) colour at each canvas pixel, placed as `composite` does.
+fn foreground_colours(foreground: &RgbaImage, background: &RgbaImage) -> Vec<[u8; 3]> {
+    let (w, h) = background.dimensions();
+    let (fw, fh) = foreground.dimensions();
+    let (left, top) = ((w - fw) / 2, h * 9 / 10 - fh);
+    let mut colours = vec![[0; 3]; (w * h) as usize];
+    for (x, y, pixel) in foreground.enumerate_pixels() {
+        colours[((y + top) * w + x + left) as usize] = [pixel.0[0], pixel.0[1], pixel.0[2]];
+    }
+    colours
+}
+
+/// Mean abs error (/255, per channel) of `image` under `alpha` on white against the true
+/// foreground under the true alpha on white, over the edge band.
+fn on_white_error(
+    image: &RgbaImage,
+    alpha: &[f32],
+    truth_colours: &[[u8; 3]],
+    truth_alpha: &[f32],
+    band: &[bool],
+) -> f64 {
+    let (mut sum, mut count) = (0.0, 0usize);
+    for (i, pixel) in image.pixels().enumerate() {
+        if !band[i] {
+            continue;
+        }
+        let (a, t) = (alpha[i] as f64, truth_alpha[i] as f64);
+        for (&ours, &truth) in pixel.0.iter().zip(&truth_colours[i]) {
+            let ours = a * ours as f64 + (1.0 - a) * 255.0;
+            let truth = t * truth as f64 + (1.0 - t) * 255.0;
+            sum += (ours - truth).abs();
+            count += 1;
+        }
+    }
+    sum / count as f64
 }
