@@ -137,12 +137,15 @@ impl Remover {
 
     /// On burn's wgpu backend: the input planes are written into the model's input tensor
     /// and the masks read from its output tensor, all on the device. `None` for a model on
-    /// the CPU. (The forward is only submitted here; its time shows up at the readback.)
+    /// the CPU.
     fn masks_on_device(
         &self,
         images: &[&GpuImage],
         timings: &mut Timings,
     ) -> Result<Option<Vec<GpuImage>>> {
+        if !self.session.shares_buffers() {
+            return Ok(None);
+        }
         let spec = self.session.spec;
         let side = spec.input_size;
         let start = Instant::now();

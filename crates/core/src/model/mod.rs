@@ -186,21 +186,31 @@ pub struct Session {
     pub spec: &'static ModelSpec,
     net: U2Net,
     device: Device,
+    /// The device is burn's wgpu backend, whose tensors cutout's shaders can fill and read
+    /// in place (`wgpu_io`).
+    shares_buffers: bool,
 }
 
 impl Session {
     pub fn from_onnx(spec: &'static ModelSpec, onnx: &[u8], device: &Device) -> Result<Self> {
         let convs = onnx::read_convolutions(onnx)?;
         let net = U2Net::from_convolutions(convs, device)?;
+        let probe = Tensor::<4>::zeros([1, 1, 1, 1], device);
         Ok(Self {
             spec,
             net,
             device: device.clone(),
+            shares_buffers: wgpu_io::TensorBuffer::of(probe).is_some(),
         })
     }
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Whether the model's tensors live in wgpu buffers cutout's shaders can use.
+    pub fn shares_buffers(&self) -> bool {
+        self.shares_buffers
     }
 
     /// The network on a batch already on the model's device: NCHW in, the first output
