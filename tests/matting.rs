@@ -57,25 +57,39 @@ fn enlarge(foreground: &RgbaImage, factor: u32) -> RgbaImage {
     large
 }
 
+/// A composite with known truth: the photo, and on its canvas the foreground's alpha and
+/// its own (straight) colour.
+struct Composite {
+    photo: RgbaImage,
+    alpha: Vec<f32>,
+    colours: Vec<[u8; 3]>,
+}
+
 /// The foreground over the background ("over" in straight 8-bit sRGB, as photos are
-/// composited), centred horizontally with its bottom at 90 % of the height; and its alpha
-/// on the canvas.
-fn composite(foreground: &RgbaImage, background: &RgbaImage) -> (RgbaImage, Vec<f32>) {
+/// composited), centred horizontally with its bottom at 90 % of the height.
+fn composite(foreground: &RgbaImage, background: &RgbaImage) -> Composite {
     let (w, h) = background.dimensions();
     let (fw, fh) = foreground.dimensions();
     let left = (w - fw) / 2;
     let top = h * 9 / 10 - fh;
-    let mut image = background.clone();
+    let mut photo = background.clone();
     let mut alpha = vec![0.0; (w * h) as usize];
+    let mut colours = vec![[0; 3]; (w * h) as usize];
     for (x, y, pixel) in foreground.enumerate_pixels() {
         let a = pixel.0[3] as f32 / 255.0;
         let (cx, cy) = (x + left, y + top);
-        let under = image.get_pixel(cx, cy).0;
+        let under = photo.get_pixel(cx, cy).0;
         let mixed = |c: usize| (pixel.0[c] as f32 * a + under[c] as f32 * (1.0 - a)).round() as u8;
-        image.put_pixel(cx, cy, Rgba([mixed(0), mixed(1), mixed(2), 255]));
-        alpha[(cy * w + cx) as usize] = a;
+        photo.put_pixel(cx, cy, Rgba([mixed(0), mixed(1), mixed(2), 255]));
+        let i = (cy * w + cx) as usize;
+        alpha[i] = a;
+        colours[i] = [pixel.0[0], pixel.0[1], pixel.0[2]];
     }
-    (image, alpha)
+    Composite {
+        photo,
+        alpha,
+        colours,
+    }
 }
 
 fn red(mask: &RgbaImage) -> Vec<f32> {
@@ -181,7 +195,11 @@ fn guided_refinement_lowers_alpha_error_against_ground_truth() {
                 .into_rgba8();
             let background =
                 imageops::resize(&background, CANVAS[0], CANVAS[1], FilterType::Lanczos3);
-            let (photo, truth) = composite(&foreground, &background);
+            let Composite {
+                photo,
+                alpha: truth,
+                colours,
+            } = composite(&foreground, &background);
             let band = edge_band(&truth, CANVAS[0] as usize, 8);
 
             let uploaded = ops.upload(&photo).unwrap();
@@ -198,7 +216,6 @@ fn guided_refinement_lowers_alpha_error_against_ground_truth() {
                 .unwrap();
             let refined = red(&ops.download(&refined).unwrap());
             // What a user sees at the edge: the cut-out on white against the truth on white.
-            let colours = foreground_colours(&foreground, &background);
             on_white[0] += on_white_error(&photo, &plain, &colours, &truth, &band);
             on_white[1] += on_white_error(&photo, &refined, &colours, &truth, &band);
 
@@ -246,18 +263,6 @@ fn guided_refinement_lowers_alpha_error_against_ground_truth() {
     assert!(r[1] < p[1], "image MSE must not rise");
     assert!(r[2] < 0.97 * p[2], "edge band MAE must drop by 3 %");
     assert!(r[3] < 0.98 * p[3], "edge band MSE must drop by 2 %");
-}
-
-/// The foreground's own (straight) colour at each canvas pixel, placed as `composite` does.
-fn foreground_colours(foreground: &RgbaImage, background: &RgbaImage) -> Vec<[u8; 3]> {
-    let (w, h) = background.dimensions();
-    let (fw, fh) = foreground.dimensions();
-    let (left, top) = ((w - fw) / 2, h * 9 / 10 - fh);
-    let mut colours = vec![[0; 3]; (w * h) as usize];
-    for (x, y, pixel) in foreground.enumerate_pixels() {
-        colours[((y + top) * w + x + left) as usize] = [pixel.0[0], pixel.0[1], pixel.0[2]];
-    }
-    colours
 }
 
 /// Mean abs error (/255, per channel) of `image` under `alpha` on white against the true

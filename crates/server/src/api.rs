@@ -423,6 +423,15 @@ fn field_failure(e: cutout_core::edit::FieldError) -> Failure {
     Failure::bad_request("validation_error", e.to_string())
 }
 
+/// A preview (0.25 MP) costs a quarter credit, any other size one.
+fn preview_aware_credits(edit: &Edit) -> f64 {
+    if edit.max_pixels == Some(250_000) {
+        0.25
+    } else {
+        1.0
+    }
+}
+
 async fn segment(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
     let key = authenticate(state, &request, Dialect::Segment)?;
     let json_wanted = wants_json(&request);
@@ -434,11 +443,7 @@ async fn segment(state: &State, request: Request<Incoming>) -> Result<Reply, Fai
         .file("image_file")
         .cloned()
         .ok_or_else(|| Failure::bad_request("missing_image", "Please provide an image."))?;
-    let credits = if edit.max_pixels == Some(250_000) {
-        0.25
-    } else {
-        1.0
-    };
+    let credits = preview_aware_credits(&edit);
     let rendered = render(
         state,
         image,
@@ -582,11 +587,7 @@ async fn remove_bg(state: &State, request: Request<Incoming>) -> Result<Reply, F
         }
         (None, None) => None,
     };
-    let credits = if edit.max_pixels == Some(250_000) {
-        0.25
-    } else {
-        1.0
-    };
+    let credits = preview_aware_credits(&edit);
     let rendered = render(
         state,
         image,

@@ -43,10 +43,7 @@ impl Usage {
 
 /// The current calendar month in UTC, `YYYY-MM`.
 fn this_month() -> String {
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    month_of_day((seconds / 86_400) as i64)
+    month_of_day((crate::limit::unix_now() / 86_400) as i64)
 }
 
 /// `YYYY-MM` of a day counted from 1970-01-01 (Howard Hinnant's civil-from-days).
