@@ -1,5 +1,7 @@
 //! Segmentation models: where their weights come from and how a batch runs through them.
 
+pub mod cpu_conv;
+pub mod cpu_resample;
 pub mod onnx;
 pub mod u2net;
 pub mod wgpu_io;

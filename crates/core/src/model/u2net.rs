@@ -6,23 +6,23 @@
 //! maps. The first output, `sigmoid(fused)`, is the mask. Variants differ only in channel
 //! widths, which are taken from the weights, so one module serves them all.
 
-use burn::module::{Module, Param};
-use burn::nn::PaddingConfig2d;
-use burn::nn::conv::Conv2d;
 use burn::tensor::activation::{relu, sigmoid};
-use burn::tensor::module::{interpolate, max_pool2d};
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
+use burn::tensor::module::{conv2d, interpolate, max_pool2d};
+use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
+use burn_flex::{Flex, FlexTensor};
 
+use super::cpu_conv::{PackedConv, Planes};
+use super::cpu_resample::{max_pool_2x2, resize_bilinear};
 use super::onnx::ConvWeights;
 use crate::error::{Error, Result};
 
-#[derive(Module, Debug)]
+#[derive(Debug)]
 pub struct U2Net {
     encoder: Vec<Rsu>,
     decoder: Vec<Rsu>,
-    sides: Vec<Conv2d>,
-    fuse: Conv2d,
+    sides: Vec<Conv>,
+    fuse: Conv,
 }
 
 impl U2Net {
@@ -65,7 +65,7 @@ impl U2Net {
         for input in side_inputs {
             sides.push(source.next(input, 3, 1)?);
         }
-        let fuse = source.next(6 * out_channels(&sides[0]), 1, 1)?;
+        let fuse = source.next(6 * sides[0].out_channels(), 1, 1)?;
         source.finish()?;
         Ok(Self {
             encoder,
@@ -83,7 +83,7 @@ impl U2Net {
             if i > 0 {
                 hx = pool(hx);
             }
-            hx = stage.forward(hx);
+            hx = stage.forward(vec![hx]);
             skips.push(hx.clone());
         }
         let deepest = skips.pop().expect("six encoder stages");
@@ -92,7 +92,7 @@ impl U2Net {
         let mut hd = deepest.clone();
         for stage in &self.decoder {
             let skip = skips.pop().expect("one skip per decoder stage");
-            hd = stage.forward(Tensor::cat(vec![upsample_like(hd, &skip), skip], 1));
+            hd = stage.forward(vec![upsample_like(hd, &skip), skip]);
             decoded.push(hd.clone());
         }
 
@@ -102,21 +102,22 @@ impl U2Net {
             .sides
             .iter()
             .zip(side_inputs)
-            .map(|(side, input)| upsample_like(side.forward(input), &full))
+            .map(|(side, input)| upsample_like(side.forward(vec![input], false), &full))
             .collect();
-        sigmoid(self.fuse.forward(Tensor::cat(side_maps, 1)))
+        sigmoid(self.fuse.forward(side_maps, false))
     }
 }
 
 /// Residual U-block. RSU-L runs L-1 encoder convolutions with pooling between them, a dilated
 /// bottom convolution, and L-2 decoder convolutions that upsample back; RSU-4F keeps the
 /// resolution and widens the dilation instead. The output adds the block's input projection.
-#[derive(Module, Debug)]
+/// Every convolution is followed by ReLU (U²-Net's REBNCONV, batch-norm folded in).
+#[derive(Debug)]
 pub struct Rsu {
-    input: ConvRelu,
-    encoder: Vec<ConvRelu>,
-    bottom: ConvRelu,
-    decoder: Vec<ConvRelu>,
+    input: Conv,
+    encoder: Vec<Conv>,
+    bottom: Conv,
+    decoder: Vec<Conv>,
     pooled: bool,
 }
 
@@ -128,31 +129,23 @@ impl Rsu {
         in_channels: usize,
     ) -> Result<Self> {
         let dilation = |level: usize| if dilated { 1 << level } else { 1 };
-        let input = ConvRelu {
-            conv: source.next(in_channels, 3, 1)?,
-        };
-        let out = out_channels(&input.conv);
+        let input = source.next(in_channels, 3, 1)?;
+        let out = input.out_channels();
         let mut encoder = Vec::new();
         let mut channels = out;
         for level in 0..height - 1 {
-            let conv = ConvRelu {
-                conv: source.next(channels, 3, dilation(level))?,
-            };
-            channels = out_channels(&conv.conv);
+            let conv = source.next(channels, 3, dilation(level))?;
+            channels = conv.out_channels();
             encoder.push(conv);
         }
         let bottom_dilation = if dilated { 1 << (height - 1) } else { 2 };
-        let bottom = ConvRelu {
-            conv: source.next(channels, 3, bottom_dilation)?,
-        };
+        let bottom = source.next(channels, 3, bottom_dilation)?;
         let mut decoder = Vec::new();
-        let mut below = out_channels(&bottom.conv);
+        let mut below = bottom.out_channels();
         for level in (0..height - 1).rev() {
-            let skip = out_channels(&encoder[level].conv);
-            let conv = ConvRelu {
-                conv: source.next(below + skip, 3, dilation(level))?,
-            };
-            below = out_channels(&conv.conv);
+            let skip = encoder[level].out_channels();
+            let conv = source.next(below + skip, 3, dilation(level))?;
+            below = conv.out_channels();
             decoder.push(conv);
         }
         if below != out {
@@ -170,42 +163,108 @@ impl Rsu {
     }
 
     fn out_channels(&self) -> usize {
-        out_channels(&self.input.conv)
+        self.input.out_channels()
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let residual = self.input.forward(x);
+    /// Runs the block on the channel-wise concatenation of `inputs`.
+    fn forward(&self, inputs: Vec<Tensor<4>>) -> Tensor<4> {
+        let residual = self.input.forward(inputs, true);
         let mut skips = Vec::with_capacity(self.encoder.len());
         let mut hx = residual.clone();
         for (level, conv) in self.encoder.iter().enumerate() {
             if level > 0 && self.pooled {
                 hx = pool(hx);
             }
-            hx = conv.forward(hx);
+            hx = conv.forward(vec![hx], true);
             skips.push(hx.clone());
         }
-        let mut hd = self.bottom.forward(hx);
+        let mut hd = self.bottom.forward(vec![hx], true);
         for conv in &self.decoder {
             let skip = skips.pop().expect("one skip per decoder level");
-            hd = conv.forward(Tensor::cat(vec![upsample_like(hd, &skip), skip], 1));
+            hd = conv.forward(vec![upsample_like(hd, &skip), skip], true);
         }
         hd + residual
     }
 }
 
-/// Convolution (batch-norm folded in) followed by ReLU: U²-Net's REBNCONV.
-#[derive(Module, Debug)]
-pub struct ConvRelu {
-    conv: Conv2d,
+/// A stride-1 convolution with "same" zero padding.
+#[derive(Debug)]
+struct Conv {
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    dilation: usize,
+    /// Set when the model runs on burn's flex backend, where cutout's direct kernel
+    /// (`cpu_conv`) replaces flex's im2col convolution.
+    cpu: Option<PackedConv>,
 }
 
-impl ConvRelu {
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.conv.forward(x))
+impl Conv {
+    fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Convolves the channel-wise concatenation of `inputs`, optionally through ReLU.
+    fn forward(&self, mut inputs: Vec<Tensor<4>>, with_relu: bool) -> Tensor<4> {
+        if let Some(cpu) = &self.cpu {
+            return forward_on_flex(cpu, inputs, with_relu);
+        }
+        let x = match inputs.len() {
+            1 => inputs.pop().expect("one input"),
+            _ => Tensor::cat(inputs, 1),
+        };
+        let kernel = self.weight.dims()[2];
+        let pad = self.dilation * (kernel - 1) / 2;
+        let options = ConvOptions::new([1, 1], [pad, pad], [self.dilation, self.dilation], 1);
+        let y = conv2d(x, self.weight.clone(), Some(self.bias.clone()), options);
+        if with_relu { relu(y) } else { y }
     }
 }
 
+fn forward_on_flex(conv: &PackedConv, inputs: Vec<Tensor<4>>, relu: bool) -> Tensor<4> {
+    let [batch, _, h, w] = inputs[0].dims();
+    let tensors: Vec<FlexTensor> = inputs.into_iter().map(into_flex).collect();
+    let parts: Vec<Planes> = tensors
+        .iter()
+        .map(|t| Planes {
+            data: values_of(t),
+            channels: t.layout().shape()[1],
+        })
+        .collect();
+    let out = conv.forward(&parts, batch, [h, w], relu);
+    from_values(out, [batch, conv.out_channels(), h, w])
+}
+
+fn on_flex(x: &Tensor<4>) -> bool {
+    x.device() == Device::flex()
+}
+
+/// The tensor's flex storage, made contiguous if it is a view.
+fn into_flex(x: Tensor<4>) -> FlexTensor {
+    let t = x
+        .try_into_primitive::<Flex>()
+        .expect("tensors of a model loaded on flex stay on flex");
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn values_of(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("a contiguous f32 tensor")
+}
+
+fn from_values(values: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
+    Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(values, shape)))
+}
+
+/// 2×2 max-pooling, ceil mode.
 fn pool(x: Tensor<4>) -> Tensor<4> {
+    if on_flex(&x) {
+        let [n, c, h, w] = x.dims();
+        let (pooled, [ph, pw]) = max_pool_2x2(values_of(&into_flex(x)), n * c, [h, w]);
+        return from_values(pooled, [n, c, ph, pw]);
+    }
     max_pool2d(x, MaxPoolOptions::new([2, 2]).with_ceil_mode(true))
 }
 
@@ -217,14 +276,15 @@ fn upsample_like(x: Tensor<4>, reference: &Tensor<4>) -> Tensor<4> {
     if (xh, xw) == (h, w) {
         return x;
     }
+    if on_flex(&x) {
+        let [n, c, _, _] = x.dims();
+        let resized = resize_bilinear(values_of(&into_flex(x)), n * c, [xh, xw], [h, w]);
+        return from_values(resized, [n, c, h, w]);
+    }
     let options = InterpolateOptions::new(InterpolateMode::Bilinear)
         .with_align_corners(false)
         .with_output_size([h, w]);
     interpolate(x, options)
-}
-
-fn out_channels(conv: &Conv2d) -> usize {
-    conv.weight.dims()[0]
 }
 
 /// Hands out the file's convolutions in order, checking each against what the architecture
@@ -233,18 +293,21 @@ struct ConvSource<'a> {
     convs: std::vec::IntoIter<ConvWeights>,
     index: usize,
     device: &'a Device,
+    on_flex: bool,
 }
 
 impl<'a> ConvSource<'a> {
     fn new(convs: Vec<ConvWeights>, device: &'a Device) -> Self {
+        let probe = Tensor::<1>::zeros([1], device);
         Self {
             convs: convs.into_iter(),
             index: 0,
             device,
+            on_flex: probe.try_into_primitive::<Flex>().is_ok(),
         }
     }
 
-    fn next(&mut self, in_channels: usize, kernel: usize, dilation: usize) -> Result<Conv2d> {
+    fn next(&mut self, in_channels: usize, kernel: usize, dilation: usize) -> Result<Conv> {
         let index = self.index;
         self.index += 1;
         let c = self.convs.next().ok_or_else(|| {
@@ -267,18 +330,14 @@ impl<'a> ConvSource<'a> {
                 c.dilation, c.stride
             )));
         }
-        let p = c.padding;
-        Ok(Conv2d {
-            weight: Param::from_data(TensorData::new(c.weight, c.shape), self.device),
-            bias: Some(Param::from_data(
-                TensorData::new(c.bias, [out]),
-                self.device,
-            )),
-            stride: [1, 1],
-            kernel_size: [kh, kw],
-            dilation: [dilation, dilation],
-            groups: 1,
-            padding: PaddingConfig2d::Explicit(p, p, p, p),
+        let cpu = self
+            .on_flex
+            .then(|| PackedConv::new(&c.weight, c.shape, &c.bias, dilation));
+        Ok(Conv {
+            weight: Tensor::from_data(TensorData::new(c.weight, c.shape), self.device),
+            bias: Tensor::from_data(TensorData::new(c.bias, [out]), self.device),
+            dilation,
+            cpu,
         })
     }
 

@@ -1,0 +1,63 @@
+//! U²-Net's convolution shapes on the CPU: burn flex's im2col + gemm convolution (the
+//! baseline) against cutout's direct kernel (`model::cpu_conv`), in the same process.
+//! Throughput is in FLOP (2 per multiply-add).
+
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Tensor, TensorData};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use cutout_core::model::cpu_conv::{PackedConv, Planes};
+
+fn values(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+fn benches(c: &mut Criterion) {
+    let device = Device::flex();
+    // (input channels, output channels, side, dilation): u2netp's top stage, a decoder conv
+    // over a concatenation, the 4→1 side output, and the dilated bottom of an RSU-4F.
+    let shapes = [
+        (16, 16, 320, 1),
+        (32, 16, 320, 1),
+        (64, 16, 160, 1),
+        (16, 64, 160, 1),
+        (16, 16, 20, 8),
+    ];
+    let mut group = c.benchmark_group("conv 3x3 (CPU)");
+    group.sample_size(10);
+    for (cin, cout, side, dilation) in shapes {
+        let flops = 2 * cin * cout * 9 * side * side;
+        group.throughput(Throughput::Elements(flops as u64));
+        let input = values(cin * side * side);
+        let weight = values(cout * cin * 9);
+        let bias = values(cout);
+        let name = format!("{cin}->{cout} {side}x{side} dilation {dilation}");
+
+        let x = Tensor::<4>::from_data(
+            TensorData::new(input.clone(), [1, cin, side, side]),
+            &device,
+        );
+        let w = Tensor::<4>::from_data(TensorData::new(weight.clone(), [cout, cin, 3, 3]), &device);
+        let b = Tensor::<1>::from_data(TensorData::new(bias.clone(), [cout]), &device);
+        let options = ConvOptions::new([1, 1], [dilation, dilation], [dilation, dilation], 1);
+        group.bench_function(format!("{name}: flex"), |bench| {
+            bench
+                .iter(|| conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone()).into_data())
+        });
+
+        let packed = PackedConv::new(&weight, [cout, cin, 3, 3], &bias, dilation);
+        let planes = [Planes {
+            data: &input,
+            channels: cin,
+        }];
+        group.bench_function(format!("{name}: cutout direct"), |bench| {
+            bench.iter(|| packed.forward(&planes, 1, [side, side], true))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(conv, benches);
+criterion_main!(conv);
