@@ -11,6 +11,7 @@ use burn::tensor::module::{conv2d, interpolate, max_pool2d};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
 
 use super::cpu_conv::{PackedConv, Planes};
 use super::cpu_resample::{max_pool_2x2, resize_bilinear};
@@ -76,7 +77,25 @@ impl U2Net {
     }
 
     /// `[N, 3, H, W]` normalised images → `[N, 1, H, W]` foreground probability.
+    ///
+    /// On flex the images of a batch run side by side, each through the whole network,
+    /// instead of every operation splitting one batch across the cores: each image's
+    /// activations stay in its own core's cache. Per image, batch 8 went from 0.86× to
+    /// 1.09× the throughput of batch 1 on two cores (`benches/remove.rs`).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let batch = x.dims()[0];
+        if batch > 1 && on_flex(&x) {
+            let masks: Vec<Tensor<4>> = x
+                .chunk(batch, 0)
+                .into_par_iter()
+                .map(|image| self.forward_images(image))
+                .collect();
+            return Tensor::cat(masks, 0);
+        }
+        self.forward_images(x)
+    }
+
+    fn forward_images(&self, x: Tensor<4>) -> Tensor<4> {
         let mut skips = Vec::with_capacity(6);
         let mut hx = x;
         for (i, stage) in self.encoder.iter().enumerate() {
