@@ -1,10 +1,10 @@
-//! The U²-Net family (u2net, u2netp, u2net_human_seg, silueta) as burn modules.
+//! The U²-Net family (u2net, u2netp, u2net_human_seg, silueta) on burn tensors.
 //!
 //! Architecture (Qin et al. 2020): six encoder stages of residual U-blocks (RSU-7, 6, 5, 4,
 //! 4F, 4F) with 2×2 max-pooling between them, five decoder stages mirroring them, a 3×3 side
 //! convolution on each decoder output, and a 1×1 convolution fusing the six upsampled side
 //! maps. The first output, `sigmoid(fused)`, is the mask. Variants differ only in channel
-//! widths, which are taken from the weights, so one module serves them all.
+//! widths, which are taken from the weights, so one network type serves them all.
 
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::module::{conv2d, interpolate, max_pool2d};
