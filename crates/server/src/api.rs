@@ -236,13 +236,7 @@ async fn render(
     let decode = |bytes: Bytes, what: &'static str| async move {
         tokio::task::spawn_blocking(move || cutout_core::decode::decode(&bytes, limits))
             .await
-            .map_err(|e| {
-                Failure::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    e.to_string(),
-                )
-            })?
+            .map_err(Failure::internal)?
             .map_err(|e| match e {
                 cutout_core::Error::TooLarge(m) => {
                     Failure::bad_request("resolution_too_high", format!("{what}: {m}"))
@@ -281,11 +275,7 @@ async fn render(
             return Err(Failure::bad_request("resolution_too_high", message));
         }
         Ok(Err(other)) => {
-            return Err(Failure::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                other.to_string(),
-            ));
+            return Err(Failure::internal(other));
         }
         Err(Rejected::Busy { retry_after }) => {
             let mut failure = Failure::new(
@@ -309,20 +299,8 @@ async fn render(
     let encoded =
         tokio::task::spawn_blocking(move || encode_result(&output.image, format, channels, dpi))
             .await
-            .map_err(|e| {
-                Failure::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    e.to_string(),
-                )
-            })?
-            .map_err(|e| {
-                Failure::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    e.to_string(),
-                )
-            })?;
+            .map_err(Failure::internal)?
+            .map_err(Failure::internal)?;
     if let Some(key) = key {
         state.config.keys.charge(&key.hash, credits);
     }
@@ -345,13 +323,7 @@ async fn fetch_url(
     let policy = state.config.fetch.clone();
     let result = tokio::task::spawn_blocking(move || fetch::fetch(&url, &policy))
         .await
-        .map_err(|e| {
-            Failure::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                e.to_string(),
-            )
-        })?;
+        .map_err(Failure::internal)?;
     let (refused, failed) = match (dialect, background) {
         (Dialect::RemoveBg, false) => ("invalid_image_url", "failed_image_download"),
         (Dialect::RemoveBg, true) => ("invalid_bg_image_url", "failed_bg_download"),

@@ -45,6 +45,15 @@ impl Failure {
     pub fn bad_request(code: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
+
+    /// 500 `internal_error`: something on the server's side failed, not the request.
+    pub fn internal(message: impl ToString) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            message.to_string(),
+        )
+    }
 }
 
 pub fn json_reply(status: StatusCode, value: serde_json::Value) -> Reply {
