@@ -165,18 +165,21 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// Rebuilds the reference fixtures with onnxruntime and rembg from PyPI.
+/// Rebuilds the reference fixtures with onnxruntime and rembg from PyPI (and, for IS-Net's
+/// graph, an npm package: see make_isnet_fixture.py).
 fn fixtures() -> anyhow::Result<()> {
     run(Command::new("python3").args([
         "-m",
         "pip",
         "install",
         "--quiet",
+        "onnx==1.23.2",
         "onnxruntime==1.31.1",
         "rembg[cli]==2.0.86",
         "scikit-image",
         "pillow",
         "numpy",
     ]))?;
-    run(Command::new("python3").arg("tests/fixtures/make_fixtures.py"))
+    run(Command::new("python3").arg("tests/fixtures/make_fixtures.py"))?;
+    run(Command::new("python3").arg("tests/fixtures/make_isnet_fixture.py"))
 }

@@ -74,7 +74,7 @@ fn main() -> ExitCode {
 
 fn list_models() -> anyhow::Result<ExitCode> {
     use cutout_core::model::{self, Availability};
-    println!("{:<18} {:<8} {:<11} where", "model", "input", "licence");
+    println!("{:<18} {:<9} {:<11} where", "model", "input", "licence");
     for spec in model::MODELS {
         let place = match model::availability(spec) {
             Availability::Embedded => "embedded (default)".to_string(),
@@ -82,7 +82,7 @@ fn list_models() -> anyhow::Result<ExitCode> {
             Availability::Missing => format!("missing (downloads from {})", spec.url),
         };
         let size = format!("{0}x{0}", spec.input_size);
-        println!("{:<18} {:<8} {:<11} {place}", spec.name, size, spec.licence);
+        println!("{:<18} {:<9} {:<11} {place}", spec.name, size, spec.licence);
     }
     println!("model folders searched: {:?}", model::model_dirs());
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,366 @@
+//! The building blocks U²-Net and IS-Net share: the nested U of residual U-blocks, the
+//! blocks themselves, and the convolution, pooling and resize they are made of.
+//!
+//! On burn's flex backend (no GPU) the convolutions, pooling and resizing run on cutout's own
+//! CPU kernels (`cpu_conv`, `cpu_resample`), reading and writing flex's tensor storage; on
+//! wgpu they are burn's.
+
+use burn::tensor::activation::relu;
+use burn::tensor::module::{conv2d, interpolate, max_pool2d};
+use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor, TensorData};
+use burn_flex::{Flex, FlexTensor};
+
+use super::cpu_conv::{PackedConv, Planes};
+use super::cpu_resample::{max_pool_2x2, resize_bilinear};
+use super::onnx::ConvWeights;
+use crate::error::{Error, Result};
+
+/// Six encoder stages of residual U-blocks (RSU-7, 6, 5, 4, 4F, 4F) with 2×2 max-pooling
+/// between them, and five decoder stages mirroring them, each fed the upsampled stage below
+/// and the encoder's skip at its level. Both U²-Net and IS-Net are built around this.
+#[derive(Debug)]
+pub struct NestedU {
+    encoder: Vec<Rsu>,
+    decoder: Vec<Rsu>,
+}
+
+/// What the decoder produced: each decoder stage's output, deepest first, and the bottom
+/// encoder stage (which also feeds a side output).
+pub struct Decoded {
+    pub stages: Vec<Tensor<4>>,
+    pub deepest: Tensor<4>,
+}
+
+impl NestedU {
+    pub fn load(source: &mut ConvSource, in_channels: usize) -> Result<Self> {
+        let mut channels = in_channels;
+        let mut encoder = Vec::new();
+        for (height, dilated) in [
+            (7, false),
+            (6, false),
+            (5, false),
+            (4, false),
+            (4, true),
+            (4, true),
+        ] {
+            let stage = Rsu::load(source, height, dilated, channels)?;
+            channels = stage.out_channels();
+            encoder.push(stage);
+        }
+        let mut decoder = Vec::new();
+        for (i, (height, dilated)) in [(4, true), (4, false), (5, false), (6, false), (7, false)]
+            .into_iter()
+            .enumerate()
+        {
+            let skip = encoder[4 - i].out_channels();
+            let stage = Rsu::load(source, height, dilated, channels + skip)?;
+            channels = stage.out_channels();
+            decoder.push(stage);
+        }
+        Ok(Self { encoder, decoder })
+    }
+
+    /// Channels of the side-output inputs, in the order the networks list their side
+    /// convolutions: decoder stages from the full-resolution one up, then the deepest encoder
+    /// stage.
+    pub fn side_channels(&self) -> Vec<usize> {
+        self.decoder
+            .iter()
+            .rev()
+            .map(Rsu::out_channels)
+            .chain([self.encoder[5].out_channels()])
+            .collect()
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Decoded {
+        let mut skips = Vec::with_capacity(6);
+        let mut hx = x;
+        for (i, stage) in self.encoder.iter().enumerate() {
+            if i > 0 {
+                hx = pool(hx);
+            }
+            hx = stage.forward(vec![hx]);
+            skips.push(hx.clone());
+        }
+        let deepest = skips.pop().expect("six encoder stages");
+
+        let mut stages = Vec::with_capacity(5);
+        let mut hd = deepest.clone();
+        for stage in &self.decoder {
+            let skip = skips.pop().expect("one skip per decoder stage");
+            hd = stage.forward(vec![upsample_like(hd, &skip), skip]);
+            stages.push(hd.clone());
+        }
+        Decoded { stages, deepest }
+    }
+}
+
+/// Residual U-block. RSU-L runs L-1 encoder convolutions with pooling between them, a dilated
+/// bottom convolution, and L-2 decoder convolutions that upsample back; RSU-4F keeps the
+/// resolution and widens the dilation instead. The output adds the block's input projection.
+/// Every convolution is followed by ReLU (U²-Net's REBNCONV, batch-norm folded in).
+#[derive(Debug)]
+struct Rsu {
+    input: Conv,
+    encoder: Vec<Conv>,
+    bottom: Conv,
+    decoder: Vec<Conv>,
+    pooled: bool,
+}
+
+impl Rsu {
+    fn load(
+        source: &mut ConvSource,
+        height: usize,
+        dilated: bool,
+        in_channels: usize,
+    ) -> Result<Self> {
+        let dilation = |level: usize| if dilated { 1 << level } else { 1 };
+        let input = source.next(in_channels, 3, 1)?;
+        let out = input.out_channels();
+        let mut encoder = Vec::new();
+        let mut channels = out;
+        for level in 0..height - 1 {
+            let conv = source.next(channels, 3, dilation(level))?;
+            channels = conv.out_channels();
+            encoder.push(conv);
+        }
+        let bottom_dilation = if dilated { 1 << (height - 1) } else { 2 };
+        let bottom = source.next(channels, 3, bottom_dilation)?;
+        let mut decoder = Vec::new();
+        let mut below = bottom.out_channels();
+        for level in (0..height - 1).rev() {
+            let skip = encoder[level].out_channels();
+            let conv = source.next(below + skip, 3, dilation(level))?;
+            below = conv.out_channels();
+            decoder.push(conv);
+        }
+        if below != out {
+            return Err(Error::InvalidModel(format!(
+                "RSU-{height}: output has {below} channels, its residual {out}"
+            )));
+        }
+        Ok(Self {
+            input,
+            encoder,
+            bottom,
+            decoder,
+            pooled: !dilated,
+        })
+    }
+
+    fn out_channels(&self) -> usize {
+        self.input.out_channels()
+    }
+
+    /// Runs the block on the channel-wise concatenation of `inputs`.
+    fn forward(&self, inputs: Vec<Tensor<4>>) -> Tensor<4> {
+        let residual = self.input.forward(inputs, true);
+        let mut skips = Vec::with_capacity(self.encoder.len());
+        let mut hx = residual.clone();
+        for (level, conv) in self.encoder.iter().enumerate() {
+            if level > 0 && self.pooled {
+                hx = pool(hx);
+            }
+            hx = conv.forward(vec![hx], true);
+            skips.push(hx.clone());
+        }
+        let mut hd = self.bottom.forward(vec![hx], true);
+        for conv in &self.decoder {
+            let skip = skips.pop().expect("one skip per decoder level");
+            hd = conv.forward(vec![upsample_like(hd, &skip), skip], true);
+        }
+        hd + residual
+    }
+}
+
+/// A convolution with "same" zero padding (halving the size at stride 2).
+#[derive(Debug)]
+pub struct Conv {
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    dilation: usize,
+    stride: usize,
+    /// Set when the model runs on burn's flex backend, where cutout's direct kernel
+    /// (`cpu_conv`, stride 1 only) replaces flex's im2col convolution.
+    cpu: Option<PackedConv>,
+}
+
+impl Conv {
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Convolves the channel-wise concatenation of `inputs`, optionally through ReLU.
+    pub fn forward(&self, mut inputs: Vec<Tensor<4>>, with_relu: bool) -> Tensor<4> {
+        if let Some(cpu) = &self.cpu {
+            return forward_on_flex(cpu, inputs, with_relu);
+        }
+        let x = match inputs.len() {
+            1 => inputs.pop().expect("one input"),
+            _ => Tensor::cat(inputs, 1),
+        };
+        let kernel = self.weight.dims()[2];
+        let pad = self.dilation * (kernel - 1) / 2;
+        let options = ConvOptions::new(
+            [self.stride, self.stride],
+            [pad, pad],
+            [self.dilation, self.dilation],
+            1,
+        );
+        let y = conv2d(x, self.weight.clone(), Some(self.bias.clone()), options);
+        if with_relu { relu(y) } else { y }
+    }
+}
+
+fn forward_on_flex(conv: &PackedConv, inputs: Vec<Tensor<4>>, relu: bool) -> Tensor<4> {
+    let [batch, _, h, w] = inputs[0].dims();
+    let tensors: Vec<FlexTensor> = inputs.into_iter().map(into_flex).collect();
+    let parts: Vec<Planes> = tensors
+        .iter()
+        .map(|t| Planes {
+            data: values_of(t),
+            channels: t.layout().shape()[1],
+        })
+        .collect();
+    let out = conv.forward(&parts, batch, [h, w], relu);
+    from_values(out, [batch, conv.out_channels(), h, w])
+}
+
+pub fn on_flex(x: &Tensor<4>) -> bool {
+    x.device() == Device::flex()
+}
+
+/// The tensor's flex storage, made contiguous if it is a view.
+fn into_flex(x: Tensor<4>) -> FlexTensor {
+    let t = x
+        .try_into_primitive::<Flex>()
+        .expect("tensors of a model loaded on flex stay on flex");
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn values_of(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("a contiguous f32 tensor")
+}
+
+fn from_values(values: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
+    Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(values, shape)))
+}
+
+/// 2×2 max-pooling, ceil mode.
+fn pool(x: Tensor<4>) -> Tensor<4> {
+    if on_flex(&x) {
+        let [n, c, h, w] = x.dims();
+        let (pooled, [ph, pw]) = max_pool_2x2(values_of(&into_flex(x)), n * c, [h, w]);
+        return from_values(pooled, [n, c, ph, pw]);
+    }
+    max_pool2d(x, MaxPoolOptions::new([2, 2]).with_ceil_mode(true))
+}
+
+/// Bilinear resize to `reference`'s size.
+pub fn upsample_like(x: Tensor<4>, reference: &Tensor<4>) -> Tensor<4> {
+    let [_, _, h, w] = reference.dims();
+    resize_to(x, [h, w])
+}
+
+/// Bilinear resize with half-pixel centres (PyTorch's `align_corners=False`, ONNX
+/// `half_pixel`).
+pub fn resize_to(x: Tensor<4>, [h, w]: [usize; 2]) -> Tensor<4> {
+    let [n, c, xh, xw] = x.dims();
+    if (xh, xw) == (h, w) {
+        return x;
+    }
+    if on_flex(&x) {
+        let resized = resize_bilinear(values_of(&into_flex(x)), n * c, [xh, xw], [h, w]);
+        return from_values(resized, [n, c, h, w]);
+    }
+    let options = InterpolateOptions::new(InterpolateMode::Bilinear)
+        .with_align_corners(false)
+        .with_output_size([h, w]);
+    interpolate(x, options)
+}
+
+/// Hands out the file's convolutions in order, checking each against what the architecture
+/// expects at that point.
+pub struct ConvSource<'a> {
+    convs: std::vec::IntoIter<ConvWeights>,
+    index: usize,
+    device: &'a Device,
+    on_flex: bool,
+    /// The network being built, for error messages.
+    architecture: &'static str,
+}
+
+impl<'a> ConvSource<'a> {
+    pub fn new(convs: Vec<ConvWeights>, device: &'a Device, architecture: &'static str) -> Self {
+        let probe = Tensor::<1>::zeros([1], device);
+        Self {
+            convs: convs.into_iter(),
+            index: 0,
+            device,
+            on_flex: probe.try_into_primitive::<Flex>().is_ok(),
+            architecture,
+        }
+    }
+
+    /// The next convolution, which must be stride 1.
+    pub fn next(&mut self, in_channels: usize, kernel: usize, dilation: usize) -> Result<Conv> {
+        self.next_strided(in_channels, kernel, dilation, 1)
+    }
+
+    pub fn next_strided(
+        &mut self,
+        in_channels: usize,
+        kernel: usize,
+        dilation: usize,
+        stride: usize,
+    ) -> Result<Conv> {
+        let index = self.index;
+        let architecture = self.architecture;
+        self.index += 1;
+        let c = self.convs.next().ok_or_else(|| {
+            Error::InvalidModel(format!(
+                "the file has only {index} convolutions, {architecture} needs more"
+            ))
+        })?;
+        let [out, input, kh, kw] = c.shape;
+        let expected_padding = dilation * (kernel - 1) / 2;
+        if input != in_channels
+            || (kh, kw) != (kernel, kernel)
+            || c.dilation != dilation
+            || c.stride != stride
+            || c.padding != expected_padding
+        {
+            return Err(Error::InvalidModel(format!(
+                "convolution #{index}: expected {in_channels} input channels, {kernel}x{kernel} \
+                 kernel, dilation {dilation}, stride {stride}; the file has {input} channels, \
+                 {kh}x{kw}, dilation {}, stride {} (not a {architecture} model?)",
+                c.dilation, c.stride
+            )));
+        }
+        let cpu = (self.on_flex && stride == 1)
+            .then(|| PackedConv::new(&c.weight, c.shape, &c.bias, dilation));
+        Ok(Conv {
+            weight: Tensor::from_data(TensorData::new(c.weight, c.shape), self.device),
+            bias: Tensor::from_data(TensorData::new(c.bias, [out]), self.device),
+            dilation,
+            stride,
+            cpu,
+        })
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        match self.convs.next() {
+            None => Ok(()),
+            Some(_) => Err(Error::InvalidModel(format!(
+                "the file has more than the {} convolutions {} uses",
+                self.index, self.architecture
+            ))),
+        }
+    }
+}
