@@ -1,4 +1,4 @@
-//! U²-Net's convolution shapes on the CPU: burn flex's im2col + gemm convolution (the
+//! U²-Net's and IS-Net's convolution shapes on the CPU: burn flex's im2col + gemm convolution (the
 //! baseline) against cutout's direct kernel (`model::cpu_conv`), in the same process.
 //! Throughput is in FLOP (2 per multiply-add).
 
@@ -17,13 +17,18 @@ fn values(len: usize) -> Vec<f32> {
 fn benches(c: &mut Criterion) {
     let device = Device::flex();
     // (input channels, output channels, side, dilation): u2netp's top stage, a decoder conv
-    // over a concatenation, the 4→1 side output, and the dilated bottom of an RSU-4F.
+    // over a concatenation, the 4→1 side output, and the dilated bottom of an RSU-4F; then
+    // IS-Net at 1024² input: its top stage at 512², and the wide decoder inputs at 64² and 32².
     let shapes = [
         (16, 16, 320, 1),
         (32, 16, 320, 1),
         (64, 16, 160, 1),
         (16, 64, 160, 1),
         (16, 16, 20, 8),
+        (64, 64, 512, 1),
+        (1024, 256, 64, 1),
+        (1024, 512, 32, 1),
+        (512, 256, 32, 2),
     ];
     let mut group = c.benchmark_group("conv 3x3 (CPU)");
     group.sample_size(10);
