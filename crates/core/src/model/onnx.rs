@@ -35,8 +35,17 @@ pub fn read_convolutions(bytes: &[u8]) -> Result<Vec<ConvWeights>> {
     let mut convs = Vec::new();
     for node in graph.messages(1) {
         let node = node?;
-        if node.string(4)? != "Conv" {
-            continue;
+        match node.string(4)?.as_str() {
+            "Conv" => {}
+            // Reading convolutions alone is only right when batch-norm was folded into them,
+            // as torch.onnx does when exporting in eval mode.
+            "BatchNormalization" => {
+                return Err(invalid(
+                    "the graph has BatchNormalization nodes; cutout reads exports with \
+                     batch-norm folded into the convolutions (torch.onnx.export in eval mode)",
+                ));
+            }
+            _ => continue,
         }
         let inputs = node.strings(1)?;
         let name = node.string(3)?;
@@ -290,5 +299,19 @@ mod tests {
         assert!(err.contains("truncated"), "{err}");
         let err = read_convolutions(b"").unwrap_err().to_string();
         assert!(err.contains("no graph"), "{err}");
+    }
+
+    /// A protobuf length-delimited field: key (field number, wire type 2), length, bytes.
+    fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
+        [vec![number << 3 | 2, bytes.len() as u8], bytes.to_vec()].concat()
+    }
+
+    #[test]
+    fn unfolded_batch_norm_is_refused() {
+        let node = field(4, b"BatchNormalization"); // NodeProto.op_type
+        let graph = field(1, &node); // GraphProto.node
+        let model = field(7, &graph); // ModelProto.graph
+        let err = read_convolutions(&model).unwrap_err().to_string();
+        assert!(err.contains("BatchNormalization"), "{err}");
     }
 }
