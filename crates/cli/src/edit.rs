@@ -21,7 +21,8 @@ pub struct EditArgs {
     /// Background image file (background.imageFile).
     #[arg(long)]
     background: Option<PathBuf>,
-    /// Segmentation model (see `cutout models list`).
+    /// Segmentation model: a name from `cutout models list`, or the path of an ONNX export of
+    /// U²-Net or IS-Net.
     #[arg(long, default_value = cutout_core::model::DEFAULT_MODEL)]
     model: String,
     /// Do not download a missing model.

@@ -22,7 +22,8 @@ pub struct RemoveArgs {
     /// Output folder; folders keep their relative layout inside it.
     #[arg(long)]
     out_dir: Option<PathBuf>,
-    /// Segmentation model (see `cutout models list`).
+    /// Segmentation model: a name from `cutout models list`, or the path of an ONNX export of
+    /// U²-Net or IS-Net (preprocessed like the published models of its architecture).
     #[arg(long, default_value = cutout_core::model::DEFAULT_MODEL)]
     model: String,
     /// Write the mask instead of the cut-out.

@@ -13,7 +13,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
-    /// Segmentation model (see `cutout models list`).
+    /// Segmentation model: a name from `cutout models list`, or the path of an ONNX export of
+    /// U²-Net or IS-Net.
     #[arg(long, default_value = cutout_core::model::DEFAULT_MODEL)]
     model: String,
     /// Most images segmented in one batch.

@@ -86,6 +86,47 @@ fn bad_arguments_are_clear_errors() {
     };
     fails_with(&["remove", "--bg-color", "nope"], "'nope' is not a colour");
     fails_with(&["remove", "--model", "u3net"], "unknown model 'u3net'");
+    fails_with(
+        &["remove", "--model", "/nonexistent/mine.onnx"],
+        "reading /nonexistent/mine.onnx",
+    );
+}
+
+fn repository(relative: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative)
+}
+
+#[test]
+fn a_model_file_given_by_path_is_recognised_and_preprocessed_by_its_architecture() {
+    let dir = std::env::temp_dir().join(format!("cutout-model-path-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mask_with = |model: &Path, out: &str| {
+        let output = cutout()
+            .args(["remove", "--only-mask", "--offline", "--model"])
+            .arg(model)
+            .arg("-o")
+            .arg(dir.join(out))
+            .arg(photo("chelsea.jpg"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(output.status.success(), "{stderr}");
+        (image::open(dir.join(out)).unwrap().into_luma8(), stderr)
+    };
+    // The default model's own file, given by path, is a U²-Net: same mask as by name.
+    let (by_path, _) = mask_with(&repository("models/u2netp.onnx"), "by-path.png");
+    let (by_name, _) = mask_with(Path::new("u2netp"), "by-name.png");
+    assert_eq!(by_path, by_name);
+    // A stride-2 stem makes it IS-Net (random weights here, so only the shape is checked).
+    let (isnet, stderr) = mask_with(
+        &repository("tests/fixtures/isnet/isnet-tiny.onnx"),
+        "isnet.png",
+    );
+    assert_eq!(isnet.dimensions(), (451, 300));
+    assert!(stderr.contains("isnet_custom"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -85,12 +85,24 @@ impl Remover {
 
     /// Loads `model_name` (downloading it when allowed and missing) onto the backend
     /// `ModelBackend::choose` picks for `gpu`.
-    pub fn load(gpu: &Gpu, model_name: &str, allow_download: bool) -> Result<Self> {
-        let spec = model::spec(model_name)?;
-        let bytes = model::load_bytes(spec, allow_download)?;
+    /// `model` is the name of one of `model::MODELS` or the path of an ONNX file.
+    pub fn load(gpu: &Gpu, model: &str, allow_download: bool) -> Result<Self> {
         let backend = ModelBackend::choose(gpu);
-        log::info!("model {} on burn's {backend:?} backend", spec.name);
-        let session = Session::from_onnx(spec, &bytes, &backend.device(gpu))?;
+        let device = backend.device(gpu);
+        let session = if model::is_model_file(model) {
+            let bytes = std::fs::read(model)
+                .map_err(|e| Error::InvalidModel(format!("reading {model}: {e}")))?;
+            Session::from_custom_onnx(&bytes, &device)?
+        } else {
+            let spec = model::spec(model)?;
+            Session::from_onnx(spec, &model::load_bytes(spec, allow_download)?, &device)?
+        };
+        let name = session.spec.name;
+        if model == name {
+            log::info!("model {model} on burn's {backend:?} backend");
+        } else {
+            log::info!("model {model} ({name}) on burn's {backend:?} backend");
+        }
         Ok(Self::new(gpu, session))
     }
 

@@ -32,8 +32,15 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    fn load(self, onnx: &[u8], device: &Device) -> Result<Box<dyn Network>> {
-        let convs = onnx::read_convolutions(onnx)?;
+    /// IS-Net opens with a stride-2 convolution; U²-Net's are all stride 1.
+    fn of(convs: &[onnx::ConvWeights]) -> Self {
+        match convs.first() {
+            Some(first) if first.stride == 2 => Architecture::IsNet,
+            _ => Architecture::U2Net,
+        }
+    }
+
+    fn build(self, convs: Vec<onnx::ConvWeights>, device: &Device) -> Result<Box<dyn Network>> {
         Ok(match self {
             Architecture::U2Net => Box::new(U2Net::from_convolutions(convs, device)?),
             Architecture::IsNet => Box::new(IsNet::from_convolutions(convs, device)?),
@@ -129,6 +136,38 @@ pub const MODELS: &[ModelSpec] = &[
 ];
 
 pub const DEFAULT_MODEL: &str = "u2netp";
+
+/// A user's own export (fine-tuned, say) given by path, preprocessed like the architecture's
+/// published models, as rembg's `u2net_custom` and `dis_custom` sessions do.
+const CUSTOM_MODELS: [ModelSpec; 2] = [
+    ModelSpec {
+        name: "u2net_custom",
+        file: "",
+        md5: "",
+        url: "",
+        licence: "the file's own",
+        architecture: Architecture::U2Net,
+        input_size: 320,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    },
+    ModelSpec {
+        name: "isnet_custom",
+        file: "",
+        md5: "",
+        url: "",
+        licence: "the file's own",
+        architecture: Architecture::IsNet,
+        input_size: 1024,
+        mean: [0.5; 3],
+        std: [1.0; 3],
+    },
+];
+
+/// Whether `--model` names an ONNX file rather than one of [`MODELS`].
+pub fn is_model_file(model: &str) -> bool {
+    model.ends_with(".onnx") || model.contains(std::path::MAIN_SEPARATOR)
+}
 
 pub fn spec(name: &str) -> Result<&'static ModelSpec> {
     MODELS.iter().find(|m| m.name == name).ok_or_else(|| {
@@ -238,7 +277,23 @@ pub struct Session {
 
 impl Session {
     pub fn from_onnx(spec: &'static ModelSpec, onnx: &[u8], device: &Device) -> Result<Self> {
-        let net = spec.architecture.load(onnx, device)?;
+        let convs = onnx::read_convolutions(onnx)?;
+        Self::new(spec, spec.architecture.build(convs, device)?, device)
+    }
+
+    /// A model file of the user's own: its architecture is read from the graph, and it is
+    /// preprocessed like that architecture's published models.
+    pub fn from_custom_onnx(onnx: &[u8], device: &Device) -> Result<Self> {
+        let convs = onnx::read_convolutions(onnx)?;
+        let architecture = Architecture::of(&convs);
+        let spec = CUSTOM_MODELS
+            .iter()
+            .find(|spec| spec.architecture == architecture)
+            .expect("a custom spec per architecture");
+        Self::new(spec, architecture.build(convs, device)?, device)
+    }
+
+    fn new(spec: &'static ModelSpec, net: Box<dyn Network>, device: &Device) -> Result<Self> {
         let probe = Tensor::<4>::zeros([1, 1, 1, 1], device);
         Ok(Self {
             spec,
