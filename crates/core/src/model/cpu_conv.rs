@@ -180,12 +180,16 @@ impl PackedConv {
                         let bias = self.bias[o];
                         let start = ((n * self.out_channels + o) * height + y) * width + x0;
                         let values = &tile[lane * tile_width..][..len];
-                        for (i, &v) in values.iter().enumerate() {
-                            let v = v + bias;
-                            // SAFETY: (n, o, y, x0 + i) is inside the output, and only this
-                            // job writes row y of image n.
-                            unsafe {
-                                *out_ptr.at(start + i) = if relu { v.max(0.0) } else { v };
+                        // SAFETY: (n, o, y, x0..x0 + len) is inside the output, and only this
+                        // job writes row y of image n.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), len) };
+                        if relu {
+                            for (d, &v) in dst.iter_mut().zip(values) {
+                                *d = (v + bias).max(0.0);
+                            }
+                        } else {
+                            for (d, &v) in dst.iter_mut().zip(values) {
+                                *d = v + bias;
                             }
                         }
                     }
