@@ -15,6 +15,7 @@ fn values(len: usize) -> Vec<f32> {
 }
 
 fn benches(c: &mut Criterion) {
+    cutout_benches::setup();
     let device = Device::flex();
     // (input channels, output channels, side, dilation): u2netp's top stage, a decoder conv
     // over a concatenation, the 4→1 side output, and the dilated bottom of an RSU-4F; then

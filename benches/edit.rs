@@ -23,6 +23,7 @@ fn disc_mask(ops: &ImageOps, side: u32) -> GpuImage {
 }
 
 fn operations(c: &mut Criterion) {
+    cutout_benches::setup();
     let gpu = Gpu::from_env().expect("a wgpu adapter");
     let ops = ImageOps::new(&gpu);
     for megapixels in [1.0, 4.0, 25.0] {
@@ -104,6 +105,7 @@ fn operations(c: &mut Criterion) {
 }
 
 fn ecommerce(c: &mut Criterion) {
+    cutout_benches::setup();
     let gpu = Gpu::from_env().expect("a wgpu adapter");
     let editor = Editor::load(&gpu, "u2netp", false).expect("default model");
     let image = decoded(&jpeg_photo(1.0));

@@ -9,6 +9,7 @@ use cutout_core::ops::CutoutMode;
 use cutout_core::remove::Remover;
 
 fn benches(c: &mut Criterion) {
+    cutout_benches::setup();
     let gpu = Gpu::from_env().expect("a wgpu adapter");
     let remover = Remover::load(&gpu, "u2netp", false).expect("default model");
     let session = remover.session();

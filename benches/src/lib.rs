@@ -2,6 +2,11 @@
 
 use image::{RgbaImage, imageops::FilterType};
 
+/// What the `cutout` binary does at start, so the benchmarks measure what it runs.
+pub fn setup() {
+    cutout_core::alloc::keep_large_buffers();
+}
+
 /// A photo from the test fixtures scaled to about `megapixels`, as JPEG bytes (quality 90).
 pub fn jpeg_photo(megapixels: f64) -> Vec<u8> {
     let path = concat!(

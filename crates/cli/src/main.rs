@@ -49,6 +49,7 @@ enum ModelsCommand {
 }
 
 fn main() -> ExitCode {
+    cutout_core::alloc::keep_large_buffers();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();

@@ -1,6 +1,7 @@
 //! cutout's engine: decoding, the GPU context, segmentation models and image operations.
 //! Knows nothing about HTTP or command lines.
 
+pub mod alloc;
 pub mod decode;
 pub mod edit;
 pub mod encode;
