@@ -9,6 +9,8 @@
 //! applied as the tile is stored, and inputs given in pieces (a decoder's upsampled features
 //! and its skip) are concatenated while padding, so neither costs a pass of its own.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// The register tile a CPU gets: `block` output channels × `tile` pixels of one row, sized so
@@ -182,14 +184,14 @@ impl PackedConv {
                         let values = &tile[lane * tile_width..][..len];
                         // SAFETY: (n, o, y, x0..x0 + len) is inside the output, and only this
                         // job writes row y of image n.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), len) };
+                        let dst = unsafe { out_ptr.uninit(start, len) };
                         if relu {
                             for (d, &v) in dst.iter_mut().zip(values) {
-                                *d = (v + bias).max(0.0);
+                                d.write((v + bias).max(0.0));
                             }
                         } else {
                             for (d, &v) in dst.iter_mut().zip(values) {
-                                *d = v + bias;
+                                d.write(v + bias);
                             }
                         }
                     }
@@ -238,10 +240,12 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 impl SharedOut {
+    /// `len` values from `i` on, to be written.
+    ///
     /// # Safety
-    /// `i` must be inside the buffer, and no other job may touch it.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        unsafe { self.0.add(i) }
+    /// `i..i + len` must be inside the buffer, and no other job may touch it.
+    unsafe fn uninit<'a>(self, i: usize, len: usize) -> &'a mut [MaybeUninit<f32>] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(i).cast(), len) }
     }
 }
 
