@@ -9,6 +9,7 @@ use cutout_core::encode::{OutputFormat, encode};
 use cutout_core::gpu::Gpu;
 use cutout_core::ops::{CutoutMode, Refinement};
 use cutout_core::remove::{Remover, Timings};
+use image::RgbaImage;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
@@ -45,6 +46,10 @@ pub struct RemoveArgs {
     /// Print where the time went.
     #[arg(long)]
     timings: bool,
+    /// Images per model forward. On the CPU the images of a batch run side by side, one per
+    /// core; on a GPU they share one forward.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    batch: u16,
 }
 
 struct Job {
@@ -78,30 +83,52 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut failures = 0;
+    let mut fail = |job: &Job, error: anyhow::Error| {
+        failures += 1;
+        progress.suspend(|| eprintln!("{}: {error:#}", job.input.display()));
+    };
     let mut timings = Timings::default();
     let (mut decoding, mut encoding) = (Duration::ZERO, Duration::ZERO);
-    for job in &jobs {
-        let result = (|| -> anyhow::Result<()> {
-            let start = Instant::now();
-            let bytes = std::fs::read(&job.input)?;
-            let image = decode(&bytes, DecodeLimits::default())?;
-            decoding += start.elapsed();
-            let (mut results, spent) = remover.remove(std::slice::from_ref(&image), mode)?;
-            timings += spent;
-            let start = Instant::now();
-            let encoded = encode(&results.remove(0), format)?;
-            if let Some(parent) = job.output.parent() {
-                std::fs::create_dir_all(parent)?;
+    for chunk in jobs.chunks(usize::from(args.batch)) {
+        let start = Instant::now();
+        let mut batch = Vec::with_capacity(chunk.len());
+        for job in chunk {
+            let decoded = std::fs::read(&job.input)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| Ok(decode(&bytes, DecodeLimits::default())?));
+            match decoded {
+                Ok(image) => batch.push((job, image)),
+                Err(error) => fail(job, error),
             }
-            std::fs::write(&job.output, encoded)?;
-            encoding += start.elapsed();
-            Ok(())
-        })();
-        if let Err(error) = result {
-            failures += 1;
-            progress.suspend(|| eprintln!("{}: {error:#}", job.input.display()));
         }
-        progress.inc(1);
+        decoding += start.elapsed();
+        let (batch_jobs, images): (Vec<&Job>, Vec<_>) = batch.into_iter().unzip();
+        if images.is_empty() {
+            progress.inc(chunk.len() as u64);
+            continue;
+        }
+        let results = match remover.remove(&images, mode) {
+            Ok((results, spent)) => {
+                timings += spent;
+                results
+            }
+            Err(error) => {
+                let error = anyhow::Error::from(error);
+                for job in batch_jobs {
+                    fail(job, anyhow::anyhow!("{error:#}"));
+                }
+                progress.inc(chunk.len() as u64);
+                continue;
+            }
+        };
+        let start = Instant::now();
+        for (job, result) in batch_jobs.into_iter().zip(results) {
+            if let Err(error) = write_result(job, &result, format) {
+                fail(job, error);
+            }
+        }
+        encoding += start.elapsed();
+        progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();
 
@@ -126,6 +153,15 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn write_result(job: &Job, result: &RgbaImage, format: OutputFormat) -> anyhow::Result<()> {
+    let encoded = encode(result, format)?;
+    if let Some(parent) = job.output.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&job.output, encoded)?;
+    Ok(())
 }
 
 fn plan(args: &RemoveArgs, format: OutputFormat) -> anyhow::Result<Vec<Job>> {
