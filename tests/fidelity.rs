@@ -50,14 +50,7 @@ fn wgpu_backend_agrees_with_cpu_backend() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let cpu = session(&Device::flex())
-        .predict(input.clone(), 1, [64, 64])
-        .unwrap();
-    let wgpu = session(&gpu().burn_device)
-        .predict(input, 1, [64, 64])
-        .unwrap();
-    let err = max_abs_diff(&cpu, &wgpu);
-    println!("wgpu vs flex max abs difference {err:.2e}");
+    let err = flex_vs_wgpu(session, input, [64, 64]);
     assert!(err <= 1e-3, "wgpu and flex disagree by {err}");
 }
 
@@ -116,17 +109,11 @@ fn remover() -> Remover {
 fn full_size_mask_matches_rembg() {
     let remover = remover();
     for name in PHOTOS {
-        let bytes = std::fs::read(fixture(&format!("images/{name}.jpg"))).unwrap();
-        let image = cutout_core::decode::decode(&bytes, Default::default()).unwrap();
-        let (masks, _) = remover.remove(&[image], CutoutMode::MaskOnly).unwrap();
-        let ours: Vec<f32> = masks[0].pixels().map(|p| p.0[0] as f32 / 255.0).collect();
-        let reference: Vec<f32> = image::open(fixture(&format!("images/{name}.rembg-mask.png")))
-            .unwrap()
-            .into_luma8()
-            .pixels()
-            .map(|p| p.0[0] as f32 / 255.0)
-            .collect();
-        let (mae, iou) = (mean_abs_diff(&ours, &reference), iou(&ours, &reference));
+        let (mae, iou) = mask_vs_rembg(
+            &remover,
+            &fixture(&format!("images/{name}.jpg")),
+            &fixture(&format!("images/{name}.rembg-mask.png")),
+        );
         println!(
             "{name}: mask mean abs error {:.3}/255, IoU {iou:.4}",
             mae * 255.0

@@ -68,15 +68,7 @@ fn tiny_isnet_matches_onnxruntime() {
 fn isnet_on_wgpu_agrees_with_cpu_backend() {
     // IS-Net takes any size; 96x80 keeps the software adapter quick while every stage still
     // pools (the stride-2 stem halves it first).
-    let input = pattern(0, 96, 80);
-    let cpu = tiny_isnet(&Device::flex())
-        .predict(input.clone(), 1, [96, 80])
-        .unwrap();
-    let wgpu = tiny_isnet(&gpu().burn_device)
-        .predict(input, 1, [96, 80])
-        .unwrap();
-    let err = max_abs_diff(&cpu, &wgpu);
-    println!("wgpu vs flex max abs difference {err:.2e}");
+    let err = flex_vs_wgpu(tiny_isnet, pattern(0, 96, 80), [96, 80]);
     assert!(err <= 1e-4, "wgpu and flex disagree by {err}");
 }
 
@@ -135,20 +127,11 @@ fn isnet_full_size_mask_matches_rembg() {
     let bytes = std::fs::read(dir.join("isnet.onnx")).unwrap();
     let session = Session::from_onnx(spec, &bytes, &Device::flex()).unwrap();
     let remover = cutout_core::remove::Remover::new(gpu(), session);
-
-    let photo = std::fs::read(fixture("images/astronaut.jpg")).unwrap();
-    let image = cutout_core::decode::decode(&photo, Default::default()).unwrap();
-    let (masks, _) = remover
-        .remove(&[image], cutout_core::ops::CutoutMode::MaskOnly)
-        .unwrap();
-    let ours: Vec<f32> = masks[0].pixels().map(|p| p.0[0] as f32 / 255.0).collect();
-    let reference: Vec<f32> = image::open(dir.join("rembg-mask.png"))
-        .unwrap()
-        .into_luma8()
-        .pixels()
-        .map(|p| p.0[0] as f32 / 255.0)
-        .collect();
-    let (mae, iou) = (mean_abs_diff(&ours, &reference), iou(&ours, &reference));
+    let (mae, iou) = mask_vs_rembg(
+        &remover,
+        &fixture("images/astronaut.jpg"),
+        &dir.join("rembg-mask.png"),
+    );
     println!(
         "full IS-Net mask: mean abs error {:.3}/255, IoU {iou:.4}",
         mae * 255.0

@@ -20,6 +20,46 @@ pub fn gpu() -> &'static Gpu {
     GPU.get_or_init(|| Gpu::new(DevicePreference::Cpu).expect("software adapter (lavapipe)"))
 }
 
+/// The largest difference between one model's forward on burn's CPU backend and on its wgpu
+/// backend (the software adapter), for one image of `size`.
+pub fn flex_vs_wgpu(
+    session_on: impl Fn(&burn::tensor::Device) -> cutout_core::model::Session,
+    input: Vec<f32>,
+    size: [usize; 2],
+) -> f32 {
+    let cpu = session_on(&burn::tensor::Device::flex())
+        .predict(input.clone(), 1, size)
+        .unwrap();
+    let wgpu = session_on(&gpu().burn_device)
+        .predict(input, 1, size)
+        .unwrap();
+    let err = max_abs_diff(&cpu, &wgpu);
+    println!("wgpu vs flex max abs difference {err:.2e}");
+    err
+}
+
+/// The full-size mask `remover` makes for the photo at `photo` against rembg's for it
+/// (`rembg i -om`): mean abs error (0..1) and IoU at 0.5.
+pub fn mask_vs_rembg(
+    remover: &cutout_core::remove::Remover,
+    photo: &std::path::Path,
+    rembg_mask: &std::path::Path,
+) -> (f32, f32) {
+    let bytes = std::fs::read(photo).unwrap();
+    let image = cutout_core::decode::decode(&bytes, Default::default()).unwrap();
+    let (masks, _) = remover
+        .remove(&[image], cutout_core::ops::CutoutMode::MaskOnly)
+        .unwrap();
+    let ours: Vec<f32> = masks[0].pixels().map(|p| p.0[0] as f32 / 255.0).collect();
+    let reference: Vec<f32> = image::open(rembg_mask)
+        .unwrap()
+        .into_luma8()
+        .pixels()
+        .map(|p| p.0[0] as f32 / 255.0)
+        .collect();
+    (mean_abs_diff(&ours, &reference), iou(&ours, &reference))
+}
+
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()

@@ -11,10 +11,14 @@ fn cutout() -> Command {
     command
 }
 
-fn photo(name: &str) -> std::path::PathBuf {
+fn repository(relative: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/images")
-        .join(name)
+        .join("../..")
+        .join(relative)
+}
+
+fn photo(name: &str) -> std::path::PathBuf {
+    repository("tests/fixtures/images").join(name)
 }
 
 #[test]
@@ -90,12 +94,6 @@ fn bad_arguments_are_clear_errors() {
         &["remove", "--model", "/nonexistent/mine.onnx"],
         "reading /nonexistent/mine.onnx",
     );
-}
-
-fn repository(relative: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(relative)
 }
 
 #[test]

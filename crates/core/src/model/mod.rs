@@ -67,6 +67,9 @@ pub struct ModelSpec {
 
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// IS-Net's, from its repository (DIS) as rembg uses them.
+const DIS_MEAN: [f32; 3] = [0.5; 3];
+const DIS_STD: [f32; 3] = [1.0; 3];
 /// rembg's release folder, where every model it distributes is published.
 macro_rules! release_url {
     ($file:literal) => {
@@ -130,8 +133,8 @@ pub const MODELS: &[ModelSpec] = &[
         licence: "Apache-2.0",
         architecture: Architecture::IsNet,
         input_size: 1024,
-        mean: [0.5; 3],
-        std: [1.0; 3],
+        mean: DIS_MEAN,
+        std: DIS_STD,
     },
 ];
 
@@ -159,8 +162,8 @@ const CUSTOM_MODELS: [ModelSpec; 2] = [
         licence: "the file's own",
         architecture: Architecture::IsNet,
         input_size: 1024,
-        mean: [0.5; 3],
-        std: [1.0; 3],
+        mean: DIS_MEAN,
+        std: DIS_STD,
     },
 ];
 
