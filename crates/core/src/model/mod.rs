@@ -267,6 +267,9 @@ fn download(spec: &ModelSpec) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The largest input (pixels per image) whose batches run side by side on the CPU.
+const SIDE_BY_SIDE_MAX_PIXELS: usize = 512 * 512;
+
 /// A loaded model on a burn device, ready to run batches.
 #[derive(Debug)]
 pub struct Session {
@@ -318,21 +321,31 @@ impl Session {
     /// The network on a batch already on the model's device: NCHW in, the first output
     /// (N×1×H×W probabilities) out.
     ///
-    /// On flex the images of a batch run side by side, each through the whole network,
-    /// instead of every operation splitting one batch across the cores: each image's
-    /// activations stay in its own core's cache. Per image, batch 8 went from 0.86× to
-    /// 1.09× the throughput of batch 1 on two cores (`benches/remove.rs`).
+    /// On flex a batch of small images (the U²-Net family's 320²) runs side by side, each
+    /// image through the whole network on its own core, instead of every operation splitting
+    /// one batch across the cores: each image's activations stay in its core's cache. Per
+    /// image, batch 8 went from 0.86× to 1.09× the throughput of batch 1 on two cores
+    /// (`benches/remove.rs`). IS-Net's 1024² images go one after another instead: a
+    /// 64-channel tensor at its 512² stage is 64 MB, no cache holds it, and two networks at
+    /// once only doubled the memory in flight (4 images: 9.2 s side by side, 8.8 s in turn).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let batch = x.dims()[0];
-        if batch > 1 && rsu::on_flex(&x) {
-            let masks: Vec<Tensor<4>> = x
-                .chunk(batch, 0)
+        let [batch, _, h, w] = x.dims();
+        if batch == 1 || !rsu::on_flex(&x) {
+            return self.net.forward(x);
+        }
+        let images = x.chunk(batch, 0);
+        let masks: Vec<Tensor<4>> = if h * w <= SIDE_BY_SIDE_MAX_PIXELS {
+            images
                 .into_par_iter()
                 .map(|image| self.net.forward(image))
-                .collect();
-            return Tensor::cat(masks, 0);
-        }
-        self.net.forward(x)
+                .collect()
+        } else {
+            images
+                .into_iter()
+                .map(|image| self.net.forward(image))
+                .collect()
+        };
+        Tensor::cat(masks, 0)
     }
 
     /// Runs `batch` normalised images (NCHW, `batch * 3 * size * size` values) and returns
