@@ -103,31 +103,26 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
         }
         decoding += start.elapsed();
         let (batch_jobs, images): (Vec<&Job>, Vec<_>) = batch.into_iter().unzip();
-        if images.is_empty() {
-            progress.inc(chunk.len() as u64);
-            continue;
-        }
-        let results = match remover.remove(&images, mode) {
-            Ok((results, spent)) => {
-                timings += spent;
-                results
-            }
-            Err(error) => {
-                let error = anyhow::Error::from(error);
-                for job in batch_jobs {
-                    fail(job, anyhow::anyhow!("{error:#}"));
+        if !images.is_empty() {
+            match remover.remove(&images, mode) {
+                Ok((results, spent)) => {
+                    timings += spent;
+                    let start = Instant::now();
+                    for (job, result) in batch_jobs.into_iter().zip(results) {
+                        if let Err(error) = write_result(job, &result, format) {
+                            fail(job, error);
+                        }
+                    }
+                    encoding += start.elapsed();
                 }
-                progress.inc(chunk.len() as u64);
-                continue;
-            }
-        };
-        let start = Instant::now();
-        for (job, result) in batch_jobs.into_iter().zip(results) {
-            if let Err(error) = write_result(job, &result, format) {
-                fail(job, error);
+                Err(error) => {
+                    let error = anyhow::Error::from(error);
+                    for job in batch_jobs {
+                        fail(job, anyhow::anyhow!("{error:#}"));
+                    }
+                }
             }
         }
-        encoding += start.elapsed();
         progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();

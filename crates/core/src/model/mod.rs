@@ -142,30 +142,28 @@ pub const DEFAULT_MODEL: &str = "u2netp";
 
 /// A user's own export (fine-tuned, say) given by path, preprocessed like the architecture's
 /// published models, as rembg's `u2net_custom` and `dis_custom` sessions do.
-const CUSTOM_MODELS: [ModelSpec; 2] = [
-    ModelSpec {
-        name: "u2net_custom",
-        file: "",
-        md5: "",
-        url: "",
-        licence: "the file's own",
-        architecture: Architecture::U2Net,
-        input_size: 320,
-        mean: IMAGENET_MEAN,
-        std: IMAGENET_STD,
-    },
-    ModelSpec {
-        name: "isnet_custom",
-        file: "",
-        md5: "",
-        url: "",
-        licence: "the file's own",
-        architecture: Architecture::IsNet,
-        input_size: 1024,
-        mean: DIS_MEAN,
-        std: DIS_STD,
-    },
-];
+const CUSTOM_U2NET: ModelSpec = ModelSpec {
+    name: "u2net_custom",
+    file: "",
+    md5: "",
+    url: "",
+    licence: "the file's own",
+    architecture: Architecture::U2Net,
+    input_size: 320,
+    mean: IMAGENET_MEAN,
+    std: IMAGENET_STD,
+};
+const CUSTOM_ISNET: ModelSpec = ModelSpec {
+    name: "isnet_custom",
+    file: "",
+    md5: "",
+    url: "",
+    licence: "the file's own",
+    architecture: Architecture::IsNet,
+    input_size: 1024,
+    mean: DIS_MEAN,
+    std: DIS_STD,
+};
 
 /// Whether `--model` names an ONNX file rather than one of [`MODELS`].
 pub fn is_model_file(model: &str) -> bool {
@@ -292,10 +290,10 @@ impl Session {
     pub fn from_custom_onnx(onnx: &[u8], device: &Device) -> Result<Self> {
         let convs = onnx::read_convolutions(onnx)?;
         let architecture = Architecture::of(&convs);
-        let spec = CUSTOM_MODELS
-            .iter()
-            .find(|spec| spec.architecture == architecture)
-            .expect("a custom spec per architecture");
+        let spec = match architecture {
+            Architecture::U2Net => &CUSTOM_U2NET,
+            Architecture::IsNet => &CUSTOM_ISNET,
+        };
         Self::new(spec, architecture.build(convs, device)?, device)
     }
 
