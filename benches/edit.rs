@@ -8,7 +8,7 @@ use cutout_core::edit::{Editor, Job, photoroom};
 use cutout_core::gpu::Gpu;
 use cutout_core::ops::{
     BlurKind, ComposeLayers, ComposeStyle, Filter, GpuImage, ImageOps, PlaceMap, Refinement,
-    ShadowLayer,
+    ShadowLayer, cpu,
 };
 
 fn disc_mask(ops: &ImageOps, side: u32) -> GpuImage {
@@ -47,6 +47,17 @@ fn operations(c: &mut Criterion) {
         });
         group.bench_function("mask refine (guided filter) from 320", |b| {
             b.iter(|| timed(ops.refine_mask(&image, &coarse, Refinement::default())))
+        });
+        // The same two on the CPU (`ops::cpu`, what CPU adapters use), from host images.
+        let (photo, coarse) = (
+            ops.download(&image).unwrap(),
+            ops.download(&coarse).unwrap(),
+        );
+        group.bench_function("cpu: mask upsample lanczos3 from 320", |b| {
+            b.iter(|| cpu::resize(&coarse, side, side, Filter::Lanczos3))
+        });
+        group.bench_function("cpu: mask refine (guided filter) from 320", |b| {
+            b.iter(|| cpu::refine_mask(&photo, &coarse, Refinement::default()))
         });
         group.bench_function("place (scale 0.9)", |b| {
             let map = PlaceMap {

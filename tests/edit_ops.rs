@@ -2,7 +2,9 @@
 //! Tolerances: results are stored as 8-bit, so one level (plus float rounding) is the
 //! floor for exact operations; approximations say why they allow more.
 
-use cutout_core::ops::{BlurKind, ComposeLayers, ComposeStyle, ImageOps, PlaceMap, ShadowLayer};
+use cutout_core::ops::{
+    BlurKind, ComposeLayers, ComposeStyle, Filter, ImageOps, PlaceMap, Refinement, ShadowLayer,
+};
 use cutout_tests::*;
 use image::{Rgba, RgbaImage};
 
@@ -445,4 +447,79 @@ fn shadows_are_deterministic_and_below_the_subject() {
         centre_y > 26.0 && centre_y < 31.0,
         "shadow centred at y={centre_y}"
     );
+}
+
+/// The model's mask for the coffee photo (onnxruntime's, stored 16-bit) as the 8-bit grey
+/// RGBA image the pipeline hands to the mask operations.
+fn coffee_and_model_mask() -> (RgbaImage, RgbaImage) {
+    let photo = image::open(fixture("images/coffee.jpg"))
+        .unwrap()
+        .to_rgba8();
+    let mask = image::open(fixture("images/coffee.u2netp320.png"))
+        .unwrap()
+        .to_luma16();
+    let mask = RgbaImage::from_fn(320, 320, |x, y| {
+        let v = (mask.get_pixel(x, y).0[0] >> 8) as u8;
+        Rgba([v, v, v, 255])
+    });
+    (photo, mask)
+}
+
+/// `ops::cpu` (used on CPU adapters) gives the shaders' pixels to within one level: resizing
+/// down, up, and by one axis, with both filters.
+#[test]
+fn cpu_resize_matches_the_shader() {
+    let ops = ops();
+    let (photo, mask) = coffee_and_model_mask();
+    let cases = [
+        (&photo, 320, 320, Filter::Lanczos3),
+        (&photo, 257, 400, Filter::Lanczos3),
+        (&photo, 451, 300, Filter::Bilinear),
+        (&mask, 1300, 867, Filter::Lanczos3),
+        (&mask, 640, 320, Filter::Bilinear),
+    ];
+    for (source, width, height, filter) in cases {
+        let shader = ops.resize(&ops.upload(source).unwrap(), width, height, filter);
+        let shader = ops.download(&shader.unwrap()).unwrap();
+        let cpu = cutout_core::ops::cpu::resize(source, width, height, filter);
+        let diff = channel_max_diff(&shader, &cpu, 0..4);
+        assert!(diff <= 1, "{width}x{height} {filter:?}: differs by {diff}");
+    }
+}
+
+/// The guided-filter refinement on the CPU against `shaders/refine.wgsl`, on a real photo
+/// and the model's mask for it: at the photo's size (the filter's level is the photo) and
+/// enlarged to 1300x867 (the level is a shrunk copy).
+#[test]
+fn cpu_refinement_matches_the_shader() {
+    let ops = ops();
+    let (photo, mask) = coffee_and_model_mask();
+    let enlarged = image::imageops::resize(&photo, 1300, 867, image::imageops::Lanczos3);
+    for photo in [&photo, &enlarged] {
+        let refinement = Refinement::default();
+        let shader = ops.refine_mask(
+            &ops.upload(photo).unwrap(),
+            &ops.upload(&mask).unwrap(),
+            refinement,
+        );
+        let shader = ops.download(&shader.unwrap()).unwrap();
+        let cpu = cutout_core::ops::cpu::refine_mask(photo, &mask, refinement);
+        let differing = shader.pixels().zip(cpu.pixels()).filter(|(a, b)| a != b);
+        println!(
+            "{}x{}: {} pixels differ",
+            photo.width(),
+            photo.height(),
+            differing.count()
+        );
+        let diff = channel_max_diff(&shader, &cpu, 0..4);
+        assert!(
+            diff <= 1,
+            "{}x{}: differs by {diff}",
+            photo.width(),
+            photo.height()
+        );
+        // Not a trivial agreement: the refined mask has a real edge.
+        let partial = cpu.pixels().filter(|p| p.0[0] > 10 && p.0[0] < 245).count();
+        assert!(partial > 500, "{partial} edge pixels");
+    }
 }

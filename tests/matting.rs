@@ -7,7 +7,8 @@
 use burn::tensor::Device;
 use cutout_core::model::{self, Session};
 use cutout_core::ops::{Filter, Refinement};
-use cutout_core::remove::{Remover, Timings};
+use cutout_core::remove::Remover;
+use cutout_core::timing::StageTimes;
 use cutout_tests::*;
 use image::imageops::{self, FilterType};
 use image::{Rgba, RgbaImage};
@@ -204,7 +205,7 @@ fn guided_refinement_lowers_alpha_error_against_ground_truth() {
 
             let uploaded = ops.upload(&photo).unwrap();
             let coarse = remover
-                .masks_of(&[&uploaded], &mut Timings::default())
+                .masks_of(&[&photo], &[&uploaded], &mut StageTimes::default())
                 .unwrap()
                 .remove(0);
             let plain = ops

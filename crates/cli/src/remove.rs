@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -8,7 +8,8 @@ use cutout_core::decode::{DecodeLimits, decode};
 use cutout_core::encode::{OutputFormat, encode};
 use cutout_core::gpu::Gpu;
 use cutout_core::ops::{CutoutMode, Refinement};
-use cutout_core::remove::{Remover, Timings};
+use cutout_core::remove::Remover;
+use cutout_core::timing::{Stage, StageTimes};
 use image::RgbaImage;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -87,8 +88,7 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
         failures += 1;
         progress.suspend(|| eprintln!("{}: {error:#}", job.input.display()));
     };
-    let mut timings = Timings::default();
-    let (mut decoding, mut encoding) = (Duration::ZERO, Duration::ZERO);
+    let mut timings = StageTimes::default();
     for chunk in jobs.chunks(usize::from(args.batch)) {
         let start = Instant::now();
         let mut batch = Vec::with_capacity(chunk.len());
@@ -101,7 +101,7 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
                 Err(error) => fail(job, error),
             }
         }
-        decoding += start.elapsed();
+        timings.add(Stage::Decode, start.elapsed());
         let (batch_jobs, images): (Vec<&Job>, Vec<_>) = batch.into_iter().unzip();
         if !images.is_empty() {
             match remover.remove(&images, mode) {
@@ -113,7 +113,7 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
                             fail(job, error);
                         }
                     }
-                    encoding += start.elapsed();
+                    timings.add(Stage::Encode, start.elapsed());
                 }
                 Err(error) => {
                     let error = anyhow::Error::from(error);
@@ -128,19 +128,10 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     progress.finish_and_clear();
 
     if args.timings {
-        let total = decoding
-            + encoding
-            + timings.prepare
-            + timings.forward
-            + timings.mask_resize
-            + timings.composite;
         eprintln!(
-            "{} images in {total:.2?}: decode {decoding:.2?}, resize+normalise {:.2?}, forward {:.2?}, mask resize {:.2?}, composite+readback {:.2?}, encode+write {encoding:.2?}",
+            "{} images in {:.2?} (read+decode, encode+write included): {timings}",
             jobs.len(),
-            timings.prepare,
-            timings.forward,
-            timings.mask_resize,
-            timings.composite
+            timings.sum()
         );
     }
     if failures > 0 {

@@ -10,5 +10,6 @@ pub mod gpu;
 pub mod model;
 pub mod ops;
 pub mod remove;
+pub mod timing;
 
 pub use error::{Error, Result};

@@ -1,7 +1,7 @@
 //! Background removal end to end: upload → resize to the model input → normalise →
 //! segment (a whole batch at once) → min-max the mask → resize it back → cut out → read back.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
 use image::RgbaImage;
@@ -10,25 +10,8 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::wgpu_io::TensorBuffer;
 use crate::model::{self, Session};
-use crate::ops::{CutoutMode, Filter, GpuImage, ImageOps, Refinement};
-
-/// Where the time went, summed over the images of a call.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Timings {
-    pub prepare: Duration,
-    pub forward: Duration,
-    pub mask_resize: Duration,
-    pub composite: Duration,
-}
-
-impl std::ops::AddAssign for Timings {
-    fn add_assign(&mut self, other: Self) {
-        self.prepare += other.prepare;
-        self.forward += other.forward;
-        self.mask_resize += other.mask_resize;
-        self.composite += other.composite;
-    }
-}
+use crate::ops::{CutoutMode, Filter, GpuImage, ImageOps, Refinement, cpu};
+use crate::timing::{Stage, StageTimes};
 
 /// Which burn backend runs the model. Image operations always run on the wgpu device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,16 +45,29 @@ pub struct Remover {
     ops: ImageOps,
     session: Session,
     refinement: Option<Refinement>,
+    /// Prepare the model's input and bring its masks to full size with `ops::cpu` instead of
+    /// the shaders: on CPU adapters, where the model runs on the CPU anyway and plain Rust
+    /// beats lavapipe (`CUTOUT_MASK_OPS=cpu|gpu` overrides, to measure either).
+    masks_on_host: bool,
 }
 
 impl Remover {
     /// Brings masks to full size as rembg does (plain Lanczos upsampling) unless
     /// [`Remover::refined`] asks for the guided filter.
     pub fn new(gpu: &Gpu, session: Session) -> Self {
+        let masks_on_host = match std::env::var("CUTOUT_MASK_OPS").as_deref() {
+            Ok("cpu") => true,
+            Ok("gpu") => false,
+            _ => !gpu.is_hardware() && !session.shares_buffers(),
+        };
+        if masks_on_host {
+            log::info!("model input and masks on the CPU (ops::cpu), effects on the adapter");
+        }
         Self {
             ops: ImageOps::new(gpu),
             session,
             refinement: None,
+            masks_on_host,
         }
     }
 
@@ -115,14 +111,13 @@ impl Remover {
     }
 
     /// The model's raw masks (values 0..255 after min-max, at the model's input size) for a
-    /// batch of uploaded images, on the device.
-    pub fn masks(&self, images: &[GpuImage], timings: &mut Timings) -> Result<Vec<GpuImage>> {
-        let images: Vec<&GpuImage> = images.iter().collect();
-        self.masks_of(&images, timings)
-    }
-
-    /// [`Remover::masks`] for borrowed images.
-    pub fn masks_of(&self, images: &[&GpuImage], timings: &mut Timings) -> Result<Vec<GpuImage>> {
+    /// batch of photos and their uploaded copies, on the device.
+    pub fn masks_of(
+        &self,
+        photos: &[&RgbaImage],
+        images: &[&GpuImage],
+        timings: &mut StageTimes,
+    ) -> Result<Vec<GpuImage>> {
         if let Some(masks) = self.masks_on_device(images, timings)? {
             return Ok(masks);
         }
@@ -130,16 +125,21 @@ impl Remover {
         let size = spec.input_size as u32;
         let start = Instant::now();
         let mut input = Vec::with_capacity(images.len() * 3 * (size * size) as usize);
-        for image in images {
-            let small = self.ops.resize(image, size, size, Filter::Lanczos3)?;
-            input.extend(self.ops.normalize(&small, spec.mean, spec.std)?);
+        for (photo, image) in photos.iter().zip(images) {
+            if self.masks_on_host {
+                let small = cpu::resize(photo, size, size, Filter::Lanczos3);
+                input.extend(cpu::normalize(&small, spec.mean, spec.std));
+            } else {
+                let small = self.ops.resize(image, size, size, Filter::Lanczos3)?;
+                input.extend(self.ops.normalize(&small, spec.mean, spec.std)?);
+            }
         }
-        timings.prepare += start.elapsed();
+        timings.add(Stage::Preprocess, start.elapsed());
 
         let start = Instant::now();
         let side = spec.input_size;
         let output = self.session.predict(input, images.len(), [side, side])?;
-        timings.forward += start.elapsed();
+        timings.add(Stage::Forward, start.elapsed());
 
         output
             .chunks_exact(side * side)
@@ -153,7 +153,7 @@ impl Remover {
     fn masks_on_device(
         &self,
         images: &[&GpuImage],
-        timings: &mut Timings,
+        timings: &mut StageTimes,
     ) -> Result<Option<Vec<GpuImage>>> {
         if !self.session.shares_buffers() {
             return Ok(None);
@@ -173,7 +173,7 @@ impl Remover {
             let slot = input.range(i as u64 * planes, planes);
             self.ops.normalize_into(&small, spec.mean, spec.std, slot);
         }
-        timings.prepare += start.elapsed();
+        timings.add(Stage::Preprocess, start.elapsed());
 
         let start = Instant::now();
         let output =
@@ -187,12 +187,25 @@ impl Remover {
                 self.ops.mask_from_prediction(prediction, side as u32)
             })
             .collect::<Result<Vec<_>>>()?;
-        timings.forward += start.elapsed();
+        timings.add(Stage::Forward, start.elapsed());
         Ok(Some(masks))
     }
 
-    /// `mask` (from [`Remover::masks`]) at `image`'s size.
-    pub fn full_size_mask(&self, image: &GpuImage, mask: &GpuImage) -> Result<GpuImage> {
+    /// `mask` (from [`Remover::masks`]) at the size of `image` (`photo` uploaded).
+    pub fn full_size_mask(
+        &self,
+        photo: &RgbaImage,
+        image: &GpuImage,
+        mask: &GpuImage,
+    ) -> Result<GpuImage> {
+        if self.masks_on_host {
+            let mask = self.ops.download(mask)?;
+            let full = match self.refinement {
+                Some(refinement) => cpu::refine_mask(photo, &mask, refinement),
+                None => cpu::resize(&mask, image.width, image.height, Filter::Lanczos3),
+            };
+            return self.ops.upload(&full);
+        }
         match self.refinement {
             Some(refinement) => self.ops.refine_mask(image, mask, refinement),
             None => self
@@ -206,25 +219,28 @@ impl Remover {
         &self,
         images: &[RgbaImage],
         mode: CutoutMode,
-    ) -> Result<(Vec<RgbaImage>, Timings)> {
-        let mut timings = Timings::default();
+    ) -> Result<(Vec<RgbaImage>, StageTimes)> {
+        let mut timings = StageTimes::default();
         let start = Instant::now();
         let uploaded = images
             .iter()
             .map(|image| self.ops.upload(image))
             .collect::<Result<Vec<_>>>()?;
-        timings.prepare += start.elapsed();
-        let masks = self.masks(&uploaded, &mut timings)?;
+        timings.add(Stage::Preprocess, start.elapsed());
+        let photos: Vec<&RgbaImage> = images.iter().collect();
+        let masks = self.masks_of(&photos, &uploaded.iter().collect::<Vec<_>>(), &mut timings)?;
         let mut results = Vec::with_capacity(images.len());
-        for (image, mask) in uploaded.iter().zip(masks) {
+        for ((photo, image), mask) in images.iter().zip(&uploaded).zip(masks) {
             let start = Instant::now();
-            let mask = self.full_size_mask(image, &mask)?;
-            timings.mask_resize += start.elapsed();
+            let mask = self.full_size_mask(photo, image, &mask)?;
+            timings.add(Stage::Effects, start.elapsed());
 
-            let start = Instant::now();
-            let result = self.ops.cutout(image, &mask, mode)?;
-            results.push(self.ops.download(&result)?);
-            timings.composite += start.elapsed();
+            let result = timings.time(Stage::Effects, || -> Result<GpuImage> {
+                let result = self.ops.cutout(image, &mask, mode)?;
+                self.ops.finish()?;
+                Ok(result)
+            })?;
+            results.push(timings.time(Stage::Readback, || self.ops.download(&result))?);
         }
         Ok((results, timings))
     }

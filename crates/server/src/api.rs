@@ -1,10 +1,13 @@
 //! The endpoints. Each one: authenticate → read the body → parse into an `Edit` → fetch or
 //! take the image bytes → run the job → reply in its dialect.
 
+use std::time::Instant;
+
 use base64::Engine;
 use bytes::Bytes;
 use cutout_core::edit::{Edit, Job, photoroom, removebg};
 use cutout_core::encode::{Encoded, encode_result};
+use cutout_core::timing::{Stage, StageTimes};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
@@ -168,6 +171,7 @@ struct Rendered {
     height: u32,
     foreground: Option<[u32; 4]>,
     uncertainty: Option<f32>,
+    timings: StageTimes,
 }
 
 /// Who pays for a request, and how much.
@@ -222,18 +226,23 @@ fn rate_check(
 }
 
 /// Decodes, renders on the GPU queue and encodes one image, charging the key as `charge`
-/// says.
+/// says. `received` is when the handler started: reading the body (and fetching URLs) took
+/// the time since.
 async fn render(
     state: &State,
+    received: Instant,
     image: Bytes,
     background: Option<Bytes>,
     edit: Edit,
     charge: Charge<'_>,
 ) -> Result<Rendered, Failure> {
+    let mut timings = StageTimes::default();
+    timings.add(Stage::ReadBody, received.elapsed());
     let (key, credits) = (charge.key, charge.credits);
     charge_check(state, key, credits)?;
     let limits = state.config.decode;
     let decode = |bytes: Bytes, what: &'static str| async move {
+        let _permit = state.cpu_work.acquire().await.map_err(Failure::internal)?;
         tokio::task::spawn_blocking(move || cutout_core::decode::decode(&bytes, limits))
             .await
             .map_err(Failure::internal)?
@@ -244,12 +253,14 @@ async fn render(
                 other => Failure::bad_request("failed_to_read_image", format!("{what}: {other}")),
             })
     };
+    let start = Instant::now();
     let image = decode(image, "image").await?;
     let rate = rate_check(state, &charge, image.dimensions())?;
     let background = match background {
         Some(bytes) => Some(decode(bytes, "background image").await?),
         None => None,
     };
+    timings.add(Stage::Decode, start.elapsed());
     let mut edit = edit;
     edit.watermark |= key.is_some_and(|k| k.sandbox);
     let (format, channels, dpi) = (edit.format, edit.channels, edit.dpi);
@@ -296,11 +307,16 @@ async fn render(
     };
     let (width, height) = output.image.dimensions();
     let (foreground, uncertainty) = (output.foreground, output.uncertainty);
+    timings += output.timings;
+    let start = Instant::now();
+    let permit = state.cpu_work.acquire().await.map_err(Failure::internal)?;
     let encoded =
         tokio::task::spawn_blocking(move || encode_result(&output.image, format, channels, dpi))
             .await
             .map_err(Failure::internal)?
             .map_err(Failure::internal)?;
+    drop(permit);
+    timings.add(Stage::Encode, start.elapsed());
     if let Some(key) = key {
         state.config.keys.charge(&key.hash, credits);
     }
@@ -311,6 +327,7 @@ async fn render(
         height,
         foreground,
         uncertainty,
+        timings,
     })
 }
 
@@ -366,6 +383,7 @@ fn image_reply(rendered: &Rendered) -> hyper::http::response::Builder {
 fn image_body(builder: hyper::http::response::Builder, rendered: Rendered) -> Reply {
     builder
         .header("content-type", rendered.encoded.mime)
+        .extension(rendered.timings)
         .body(rendered.encoded.bytes.into())
         .expect("valid response")
 }
@@ -379,6 +397,7 @@ fn json_body(
     let b64 = base64::engine::general_purpose::STANDARD.encode(&rendered.encoded.bytes);
     builder
         .header("content-type", "application/json")
+        .extension(rendered.timings)
         .body(wrap(b64).to_string().into())
         .expect("valid response")
 }
@@ -405,6 +424,7 @@ fn preview_aware_credits(edit: &Edit) -> f64 {
 }
 
 async fn segment(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
+    let received = Instant::now();
     let key = authenticate(state, &request, Dialect::Segment)?;
     let json_wanted = wants_json(&request);
     let form = body::read_form(request, state.config.max_upload)
@@ -418,6 +438,7 @@ async fn segment(state: &State, request: Request<Incoming>) -> Result<Reply, Fai
     let credits = preview_aware_credits(&edit);
     let rendered = render(
         state,
+        received,
         image,
         None,
         edit,
@@ -437,6 +458,7 @@ async fn segment(state: &State, request: Request<Incoming>) -> Result<Reply, Fai
 }
 
 async fn edit(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
+    let received = Instant::now();
     let key = authenticate(state, &request, Dialect::PhotoRoom)?;
     let form = if request.method() == Method::GET {
         Form {
@@ -474,6 +496,7 @@ async fn edit(state: &State, request: Request<Incoming>) -> Result<Reply, Failur
     };
     let rendered = render(
         state,
+        received,
         image,
         background,
         edit,
@@ -507,6 +530,7 @@ fn photoroom_account(
 }
 
 async fn remove_bg(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
+    let received = Instant::now();
     let key = authenticate(state, &request, Dialect::RemoveBg)?;
     let json_wanted = wants_json(&request);
     let form = body::read_form(request, state.config.max_upload)
@@ -562,6 +586,7 @@ async fn remove_bg(state: &State, request: Request<Incoming>) -> Result<Reply, F
     let credits = preview_aware_credits(&edit);
     let rendered = render(
         state,
+        received,
         image,
         background,
         edit,
@@ -606,6 +631,7 @@ fn remove_bg_account(state: &State, request: &Request<Incoming>) -> Result<Reply
 /// The simple API: `image` (or `image_file`/`file`), `format`, `channels`, `bg_color`,
 /// `size` (longest side) and `crop`.
 async fn simple(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
+    let received = Instant::now();
     let key = authenticate(state, &request, Dialect::Simple)?;
     let form = body::read_form(request, 20 * 1024 * 1024)
         .await
@@ -619,6 +645,7 @@ async fn simple(state: &State, request: Request<Incoming>) -> Result<Reply, Fail
         .map_err(|e| Failure::bad_request("validation_error", e.to_string()))?;
     let rendered = render(
         state,
+        received,
         image,
         None,
         edit,

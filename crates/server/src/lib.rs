@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use cutout_core::decode::DecodeLimits;
 use cutout_core::edit::Editor;
+use cutout_core::timing::{Stage, StageTimes};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -40,6 +41,10 @@ pub struct Config {
     /// images); 0 for no limit. Without keys there is no limit.
     pub rate_limit: u32,
     pub keys: KeyStore,
+    /// Decodes and encodes running at once on tokio's blocking pool (which stays large for
+    /// URL fetches): more than the cores only oversubscribes them, next to the model's
+    /// threads. Default: the number of cores.
+    pub cpu_workers: usize,
 }
 
 impl Default for Config {
@@ -56,12 +61,15 @@ impl Default for Config {
             monthly_credits: 10_000.0,
             rate_limit: 500,
             keys: KeyStore::default(),
+            cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
 
 struct State {
     config: Config,
+    /// Permits for decoding and encoding (`Config::cpu_workers`).
+    cpu_work: tokio::sync::Semaphore,
     limiter: Option<limit::RateLimiter>,
     queue: queue::JobQueue,
     next_id: AtomicU64,
@@ -89,6 +97,7 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
     let (queue, worker) = queue::JobQueue::start(editor, config.batching.clone());
     let limiter = (config.rate_limit > 0).then(|| limit::RateLimiter::new(config.rate_limit));
     let state = Arc::new(State {
+        cpu_work: tokio::sync::Semaphore::new(config.cpu_workers.max(1)),
         config,
         limiter,
         queue,
@@ -129,17 +138,23 @@ async fn handle(
 ) -> respond::Reply {
     let started = Instant::now();
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let request_id = format!("{:x}-{id:06}", std::process::id());
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let mut reply = api::route(&state, request).await;
+    let total = started.elapsed();
+    let mut timings = reply
+        .extensions_mut()
+        .remove::<StageTimes>()
+        .unwrap_or_default();
+    timings.add(Stage::Total, total);
+    log::debug!(
+        "{request_id} {method} {path} {}: {timings}",
+        reply.status().as_u16()
+    );
     let headers = reply.headers_mut();
     let value = |text: String| text.parse().expect("header text");
-    headers.insert(
-        "x-request-id",
-        value(format!("{:x}-{id:06}", std::process::id())),
-    );
-    headers.insert(
-        "x-processing-time-ms",
-        value(started.elapsed().as_millis().to_string()),
-    );
+    headers.insert("x-request-id", value(request_id));
+    headers.insert("x-processing-time-ms", value(total.as_millis().to_string()));
     headers.insert("access-control-allow-origin", value("*".into()));
     headers.insert("access-control-expose-headers", value("*".into()));
     reply

@@ -1,12 +1,17 @@
-//! The GPU job queue: handlers submit decoded jobs; one worker thread owns the editor (and
-//! so the device) and renders them in batches, so concurrent requests share one model
-//! forward. The queue is bounded: a full queue is reported at once, never waited on.
+//! The GPU job queue: handlers submit decoded jobs; two worker threads share the editor
+//! (and so the device) and render them in batches, so concurrent requests share one model
+//! forward. The model thread collects a batch and runs [`Editor::segment`] (upload,
+//! preprocess, forward); the effects thread runs [`Editor::finish_batch`] (refinement,
+//! placement, effects, compositing, readback) and replies. So batch k+1's forward overlaps
+//! batch k's effects, with at most one segmented batch waiting between them. The queue is
+//! bounded: a full queue is reported at once, never waited on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cutout_core::edit::{EditOutput, Editor, Job};
+use cutout_core::edit::{EditOutput, Editor, Job, Segmented};
+use cutout_core::timing::Stage;
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Clone)]
@@ -15,15 +20,23 @@ pub struct Batching {
     pub max_batch: usize,
     /// How long the first job of a batch waits for company.
     pub max_wait: Duration,
-    /// Jobs waiting beyond the one being rendered.
+    /// Jobs waiting for the model thread, beyond the batches it and the effects thread hold
+    /// (at most three: one in the model, one handed over, one in effects).
     pub capacity: usize,
 }
 
 type Reply = oneshot::Sender<cutout_core::Result<EditOutput>>;
 
+/// A job, when it was queued, and where its result goes.
+type Queued = (Job, Instant, Reply);
+
+/// A batch between the two threads: its jobs, the model's results, and each job's queue
+/// wait and reply.
+type SegmentedBatch = (Vec<Job>, Segmented, Vec<(Duration, Reply)>);
+
 #[derive(Clone)]
 pub struct JobQueue {
-    sender: mpsc::Sender<(Job, Reply)>,
+    sender: mpsc::Sender<Queued>,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -37,28 +50,43 @@ pub enum Rejected {
 }
 
 impl JobQueue {
-    /// Starts the worker thread; it exits when every `JobQueue` clone is dropped and the
-    /// queue is drained.
+    /// Starts the worker threads; they exit when every `JobQueue` clone is dropped and the
+    /// queue is drained. The handle returned finishes after both.
     pub fn start(editor: Editor, batching: Batching) -> (Self, std::thread::JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(batching.capacity.max(1));
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let worker = {
-            let in_flight = in_flight.clone();
+        let editor = Arc::new(editor);
+        let (segmented, to_finish) = std::sync::mpsc::sync_channel::<SegmentedBatch>(1);
+        let effects = {
+            let (editor, in_flight) = (editor.clone(), in_flight.clone());
             std::thread::Builder::new()
-                .name("gpu-worker".into())
-                .spawn(move || work(editor, receiver, batching, in_flight))
-                .expect("spawn the GPU worker")
+                .name("effects-worker".into())
+                .spawn(move || finish_batches(&editor, to_finish, &in_flight))
+                .expect("spawn the effects worker")
         };
-        (Self { sender, in_flight }, worker)
+        let model = std::thread::Builder::new()
+            .name("model-worker".into())
+            .spawn(move || {
+                segment_batches(&editor, receiver, &batching, segmented);
+                let _ = effects.join();
+            })
+            .expect("spawn the model worker");
+        (Self { sender, in_flight }, model)
     }
 
     pub async fn render(&self, job: Job) -> Result<cutout_core::Result<EditOutput>, Rejected> {
         let (reply, answer) = oneshot::channel();
-        match self.sender.try_send((job, reply)) {
+        // Counted before sending, so the worker's decrement never comes first.
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let sent = self.sender.try_send((job, Instant::now(), reply));
+        if sent.is_err() {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // A rough wait: the batches ahead of this one, at about a second each.
-                let ahead = self.in_flight.load(Ordering::Relaxed) as u64;
+                let ahead = self.in_flight() as u64;
                 return Err(Rejected::Busy {
                     retry_after: ahead.clamp(1, 60),
                 });
@@ -74,11 +102,11 @@ impl JobQueue {
     }
 }
 
-fn work(
-    editor: Editor,
-    mut receiver: mpsc::Receiver<(Job, Reply)>,
-    batching: Batching,
-    in_flight: Arc<AtomicUsize>,
+fn segment_batches(
+    editor: &Editor,
+    mut receiver: mpsc::Receiver<Queued>,
+    batching: &Batching,
+    segmented: std::sync::mpsc::SyncSender<SegmentedBatch>,
 ) {
     while let Some(first) = receiver.blocking_recv() {
         let mut batch = vec![first];
@@ -96,13 +124,32 @@ fn work(
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             }
         }
-        in_flight.store(batch.len() + receiver.len(), Ordering::Relaxed);
-        let (jobs, replies): (Vec<Job>, Vec<Reply>) = batch.into_iter().unzip();
-        log::debug!("rendering a batch of {}", jobs.len());
-        let results = editor.render(&jobs);
-        for (reply, result) in replies.into_iter().zip(results) {
+        let started = Instant::now();
+        let (jobs, waits_and_replies): (Vec<Job>, Vec<(Duration, Reply)>) = batch
+            .into_iter()
+            .map(|(job, queued, reply)| (job, (started - queued, reply)))
+            .unzip();
+        log::debug!("segmenting a batch of {}", jobs.len());
+        let result = editor.segment(&jobs);
+        if segmented.send((jobs, result, waits_and_replies)).is_err() {
+            return;
+        }
+    }
+}
+
+fn finish_batches(
+    editor: &Editor,
+    segmented: std::sync::mpsc::Receiver<SegmentedBatch>,
+    in_flight: &AtomicUsize,
+) {
+    for (jobs, result, waits_and_replies) in segmented {
+        let results = editor.finish_batch(&jobs, result);
+        for ((waited, reply), mut result) in waits_and_replies.into_iter().zip(results) {
+            if let Ok(output) = &mut result {
+                output.timings.add(Stage::QueueWait, waited);
+            }
+            in_flight.fetch_sub(1, Ordering::Relaxed);
             let _ = reply.send(result);
         }
-        in_flight.store(receiver.len(), Ordering::Relaxed);
     }
 }

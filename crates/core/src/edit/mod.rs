@@ -12,7 +12,7 @@ pub mod simple;
 
 pub use color::Color;
 pub use geometry::{Length, Placement, Rect, Sides};
-pub use pipeline::{EditOutput, Editor, Job};
+pub use pipeline::{EditOutput, Editor, Job, Segmented};
 
 /// What to do with one image.
 #[derive(Debug, Clone, PartialEq)]

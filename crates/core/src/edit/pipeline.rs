@@ -14,7 +14,8 @@ use crate::ops::{
     BlurKind, ComposeLayers, ComposeStyle, CutoutMode, GpuImage, ImageOps, MaskStats, PlaceMap,
     Refinement, ShadowLayer,
 };
-use crate::remove::{Remover, Timings};
+use crate::remove::Remover;
+use crate::timing::{Stage, StageTimes};
 
 /// One image to edit, with its background image when the edit asks for one.
 pub struct Job {
@@ -31,11 +32,20 @@ pub struct EditOutput {
     /// Share of the subject's pixels the model was unsure about (0..1); `None` without a
     /// model mask.
     pub uncertainty: Option<f32>,
-    pub timings: Timings,
+    /// This image's preprocess, forward (its share of the batch's), effects and readback.
+    pub timings: StageTimes,
 }
 
 pub struct Editor {
     remover: Remover,
+}
+
+/// A batch after the model ([`Editor::segment`]): each job's uploaded photo and model mask.
+pub struct Segmented {
+    uploaded: Vec<Result<GpuImage>>,
+    masks: Vec<Option<Result<GpuImage>>>,
+    /// Each job's share of the batch's preprocess and forward time.
+    per_job: StageTimes,
 }
 
 impl Editor {
@@ -61,12 +71,19 @@ impl Editor {
     /// Renders every job; segmentation runs as one batch over the jobs that need it. A
     /// job's failure does not fail the others.
     pub fn render(&self, jobs: &[Job]) -> Vec<Result<EditOutput>> {
+        let segmented = self.segment(jobs);
+        self.finish_batch(jobs, segmented)
+    }
+
+    /// The first half of [`Editor::render`]: uploads the photos and runs the model once
+    /// over the jobs that need it. A server can run the next batch's `segment` while this
+    /// one's [`Editor::finish_batch`] runs on another thread.
+    pub fn segment(&self, jobs: &[Job]) -> Segmented {
         let ops = self.ops();
-        let mut timings = Timings::default();
-        let start = Instant::now();
-        let uploaded: Vec<Result<GpuImage>> =
-            jobs.iter().map(|job| ops.upload(&job.image)).collect();
-        timings.prepare += start.elapsed();
+        let mut timings = StageTimes::default();
+        let uploaded: Vec<Result<GpuImage>> = timings.time(Stage::Preprocess, || {
+            jobs.iter().map(|job| ops.upload(&job.image)).collect()
+        });
 
         let needs_model: Vec<usize> = (0..jobs.len())
             .filter(|&i| uploaded[i].is_ok() && needs_model(&jobs[i]))
@@ -75,9 +92,10 @@ impl Editor {
             .iter()
             .map(|&i| uploaded[i].as_ref().expect("filtered to uploaded images"))
             .collect();
+        let photos: Vec<&RgbaImage> = needs_model.iter().map(|&i| &jobs[i].image).collect();
         let mut masks: Vec<Option<Result<GpuImage>>> = (0..jobs.len()).map(|_| None).collect();
         if !batch.is_empty() {
-            match self.remover.masks_of(&batch, &mut timings) {
+            match self.remover.masks_of(&photos, &batch, &mut timings) {
                 Ok(found) => {
                     for (&i, mask) in needs_model.iter().zip(found) {
                         masks[i] = Some(Ok(mask));
@@ -91,13 +109,21 @@ impl Editor {
                 }
             }
         }
-        let share = needs_model.len().max(1) as u32;
-        let per_job = Timings {
-            prepare: timings.prepare / share,
-            forward: timings.forward / share,
-            ..Timings::default()
-        };
+        Segmented {
+            uploaded,
+            masks,
+            per_job: timings.divided_by(jobs.len() as u32),
+        }
+    }
 
+    /// The second half of [`Editor::render`]: everything after the model, for the jobs
+    /// [`Editor::segment`] was given.
+    pub fn finish_batch(&self, jobs: &[Job], segmented: Segmented) -> Vec<Result<EditOutput>> {
+        let Segmented {
+            uploaded,
+            masks,
+            per_job,
+        } = segmented;
         jobs.iter()
             .zip(uploaded)
             .zip(masks)
@@ -116,7 +142,7 @@ impl Editor {
         job: &Job,
         image: &GpuImage,
         model_mask: Option<GpuImage>,
-        timings: &mut Timings,
+        timings: &mut StageTimes,
     ) -> Result<EditOutput> {
         let ops = self.ops();
         let edit = &job.edit;
@@ -132,12 +158,9 @@ impl Editor {
             (None, true) => Some(GREEN),
         };
         let mask = match model_mask {
-            Some(mask) => Some(self.remover.full_size_mask(image, &mask)?),
+            Some(mask) => Some(self.remover.full_size_mask(&job.image, image, &mask)?),
             None => None,
         };
-        timings.mask_resize += start.elapsed();
-
-        let start = Instant::now();
         // Without a model mask, a job that removes the background uses the image's own alpha
         // (`needs_model` decided that, so the pixels are not scanned again here).
         let stats = match (&mask, job.edit.remove_background) {
@@ -246,8 +269,9 @@ impl Editor {
             },
             style,
         )?;
-        let result = ops.download(&composed)?;
-        timings.composite += start.elapsed();
+        ops.finish()?;
+        timings.add(Stage::Effects, start.elapsed());
+        let result = timings.time(Stage::Readback, || ops.download(&composed))?;
 
         let uncertainty = match (stats, job.edit.remove_background && mask.is_some()) {
             (Some(stats), true) if stats.foreground > 0 => {
@@ -259,7 +283,7 @@ impl Editor {
             image: result,
             foreground: canvas_subject.and_then(|s| clip_box(s, placement.canvas)),
             uncertainty,
-            timings: Timings::default(),
+            timings: StageTimes::default(),
         })
     }
 }

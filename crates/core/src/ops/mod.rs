@@ -5,6 +5,7 @@
 mod bbox;
 mod blur;
 mod compose;
+pub mod cpu;
 mod cutout;
 mod mask;
 mod normalize;
@@ -262,13 +263,22 @@ impl ImageOps {
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
     }
 
-    /// Waits until the device has finished all submitted work (for timing).
+    /// Waits until the device has finished the work submitted so far (not work other
+    /// threads submit while this one waits).
     pub fn finish(&self) -> Result<()> {
+        let submitted = self.gpu.queue.submit([]);
+        self.wait_for(submitted)
+            .map_err(|e| Error::Encode(format!("device lost: {e}")))
+    }
+
+    fn wait_for(&self, submission: wgpu::SubmissionIndex) -> Result<(), wgpu::PollError> {
         self.gpu
             .device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
             .map(|_| ())
-            .map_err(|e| Error::Encode(format!("device lost: {e}")))
     }
 
     fn encoder(&self) -> wgpu::CommandEncoder {
@@ -291,15 +301,13 @@ impl ImageOps {
         });
         let mut encoder = self.encoder();
         encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
-        self.submit(encoder);
+        let copied = self.gpu.queue.submit([encoder.finish()]);
         let slice = staging.slice(..);
         let (sender, receiver) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |result| {
             let _ = sender.send(result);
         });
-        self.gpu
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
+        self.wait_for(copied)
             .map_err(|e| Error::Encode(format!("device lost while reading back: {e}")))?;
         receiver
             .recv()
