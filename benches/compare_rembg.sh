@@ -8,22 +8,7 @@ cutout=${1:-${CARGO_TARGET_DIR:-target}/debug/cutout}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# 14 photos of 0.2-1.5 MP: the scikit-image photos at several scales, as JPEG.
-python3 - "$work/in" <<'PY'
-import os, sys
-import skimage.data
-from PIL import Image
-out = sys.argv[1]
-os.makedirs(out)
-base = os.path.dirname(skimage.data.__file__)
-photos = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg"]
-for name in photos:
-    img = Image.open(os.path.join(base, name)).convert("RGB")
-    for target in (0.25e6, 1.2e6):
-        scale = (target / (img.width * img.height)) ** 0.5
-        size = (round(img.width * scale), round(img.height * scale))
-        img.resize(size, Image.Resampling.LANCZOS).save(f"{out}/{name.split('.')[0]}-{size[0]}x{size[1]}.jpg", quality=90)
-PY
+benches/photos.py "$work/in"
 ls "$work/in" | wc -l | xargs echo "photos:"
 
 mkdir -p "$work/models" && cp models/u2netp.onnx "$work/models/"

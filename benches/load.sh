@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The project's load benchmark: `rembg s` (rembg 2.0.86, u2netp on onnxruntime) and
+# `cutout serve` (u2netp, refinement on) side by side on loopback, driven by the same load
+# generator (wrk, Debian's, with benches/load.lua) over the same 14 photos
+# (benches/photos.py), at 1, 8 and 32 clients, each server in turn at each level.
+# Prints images/s, p50/p95/p99 latency and non-200 responses per server, the ratios, and
+# cutout's median time per stage at each level (benches/stages.py over its debug log).
+#
+# Usage: benches/load.sh [CUTOUT_BINARY [BASELINE_BINARY]]
+#   BASELINE_BINARY: a second cutout build (e.g. the previous commit's) measured in the
+#   same run. Environment: CLIENTS (default "1 8 32"), DURATION (seconds per server and
+#   level, default 30, and at least 3 s per client so that the many-client levels run for
+#   a few latencies), REMBG_VENV (default ~/.cache/cutout-bench/rembg).
+# rembg goes into a virtual environment of its own; wrk is installed with apt when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cutout=${1:-${CARGO_TARGET_DIR:-target}/debug/cutout}
+baseline=${2:-}
+clients=${CLIENTS:-1 8 32}
+duration=${DURATION:-30}
+venv=${REMBG_VENV:-$HOME/.cache/cutout-bench/rembg}
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+if ! command -v wrk > /dev/null; then
+    apt-get install -y -qq wrk > /dev/null
+fi
+if [ ! -x "$venv/bin/rembg" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "rembg[cli]==2.0.86" onnxruntime==1.31.1 scikit-image pillow
+fi
+"$venv/bin/python" benches/photos.py "$work/photos"
+photos=("$work"/photos/*.jpg)
+mkdir -p "$work/models" && cp models/u2netp.onnx "$work/models/"
+
+wait_for() { # URL: until it answers at all
+    for _ in $(seq 1500); do
+        curl -s -o /dev/null "$1" && return 0
+        sleep 0.2
+    done
+    echo "no answer from $1" >&2
+    exit 1
+}
+
+U2NET_HOME="$work/models" "$venv/bin/rembg" s --host 127.0.0.1 --port 7171 --no-ui \
+    --log_level warning > "$work/rembg.log" 2>&1 &
+pids+=($!)
+RUST_LOG=cutout_server=debug "$cutout" serve --offline --addr 127.0.0.1:7172 \
+    > "$work/cutout.log" 2>&1 &
+pids+=($!)
+servers=("rembg s|http://127.0.0.1:7171/api/remove|file|model=u2netp"
+         "cutout|http://127.0.0.1:7172/v1/segment|image_file|-")
+if [ -n "$baseline" ]; then
+    "$baseline" serve --offline --addr 127.0.0.1:7173 > "$work/baseline.log" 2>&1 &
+    pids+=($!)
+    servers+=("baseline|http://127.0.0.1:7173/v1/segment|image_file|-")
+fi
+wait_for http://127.0.0.1:7171/api
+wait_for http://127.0.0.1:7172/health
+[ -z "$baseline" ] || wait_for http://127.0.0.1:7173/health
+
+field() { sed -E "s/.* $1=([^ ]*).*/\1/" <<< "$2"; }
+
+# run URL FIELD EXTRA CLIENTS SECONDS: one wrk run; prints its RESULT line, then waits
+# until the requests wrk left unanswered at the end (sent at most one latency ago) are done.
+run() {
+    local threads=$(( $4 < 2 ? $4 : 2 ))
+    local line
+    line=$(wrk -t "$threads" -c "$4" -d "$5" --timeout 600s -s benches/load.lua "$1" -- \
+        "$2" "$3" "${photos[@]}" | grep '^RESULT')
+    echo "$line"
+    sleep $(( $(field p99 "$line") / 1000 + 2 ))
+}
+
+echo "warming up: 10 s of one client per server"
+for server in "${servers[@]}"; do
+    IFS='|' read -r name url field extra <<< "$server"
+    run "$url" "$field" "$extra" 1 10 > /dev/null
+done
+
+declare -A results
+for c in $clients; do
+    for server in "${servers[@]}"; do
+        IFS='|' read -r name url field extra <<< "$server"
+        logged=$(wc -l < "$work/cutout.log")
+        line=$(run "$url" "$field" "$extra" "$c" $(( duration > 3 * c ? duration : 3 * c )))
+        results["$name/$c"]=$line
+        printf '%-8s %3d clients: %s\n' "$name" "$c" "${line#RESULT }"
+        if [ "$name" = cutout ]; then
+            tail -n +"$((logged + 1))" "$work/cutout.log" | python3 benches/stages.py
+        fi
+    done
+done
+
+echo
+echo "| clients | server | images/s | p50 ms | p95 ms | p99 ms | non-200 | throughput vs rembg | p50 vs rembg |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for c in $clients; do
+    reference=${results["rembg s/$c"]}
+    for server in "${servers[@]}"; do
+        name=${server%%|*}
+        line=${results["$name/$c"]}
+        ips=$(field images_per_s "$line")
+        p50=$(field p50 "$line")
+        statuses=$(field statuses "$line")
+        non_ok=$(tr ',' '\n' <<< "$statuses" | awk -F: '$1 != 200 { n += $2 } END { print n + 0 }')
+        non_ok=$(( non_ok + $(field socket_errors "$line") ))
+        ratio=$(printf '%.2f' "$(echo "scale=4; $ips / $(field images_per_s "$reference")" | bc)")
+        p50_ratio=$(printf '%.2f' "$(echo "scale=4; $p50 / $(field p50 "$reference")" | bc)")
+        echo "| $c | $name | $ips | $p50 | $(field p95 "$line") | $(field p99 "$line") | $non_ok | ${ratio}x | ${p50_ratio}x |"
+    done
+done
