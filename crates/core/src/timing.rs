@@ -76,11 +76,6 @@ impl StageTimes {
         result
     }
 
-    /// These times with every stage divided by `n` (a batch's share of one image).
-    pub fn divided_by(&self, n: u32) -> Self {
-        Self(self.0.map(|d| d / n.max(1)))
-    }
-
     /// The sum of every stage but `Total`.
     pub fn sum(&self) -> Duration {
         Stage::ALL
@@ -123,7 +118,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stages_add_divide_and_print_by_name() {
+    fn stages_add_and_print_by_name() {
         let mut times = StageTimes::default();
         times.add(Stage::Decode, Duration::from_millis(4));
         times.add(Stage::Forward, Duration::from_millis(300));
@@ -131,7 +126,7 @@ mod tests {
         let mut sum = times;
         sum += times;
         assert_eq!(sum.get(Stage::Forward), Duration::from_millis(800));
-        assert_eq!(sum.divided_by(2), times);
+        assert_eq!(sum.get(Stage::Decode), Duration::from_millis(8));
         assert_eq!(times.sum(), Duration::from_millis(404));
         assert_eq!(times.to_string(), "decode=4.0ms forward=400.0ms");
     }

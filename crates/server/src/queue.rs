@@ -30,9 +30,9 @@ type Reply = oneshot::Sender<cutout_core::Result<EditOutput>>;
 /// A job, when it was queued, and where its result goes.
 type Queued = (Job, Instant, Reply);
 
-/// A batch between the two threads: its jobs, the model's results, and each job's queue
-/// wait and reply.
-type SegmentedBatch = (Vec<Job>, Segmented, Vec<(Duration, Reply)>);
+/// A batch between the two threads: its jobs, the model's results, when they were ready,
+/// and each job's queue wait and reply.
+type SegmentedBatch = (Vec<Job>, Segmented, Instant, Vec<(Duration, Reply)>);
 
 #[derive(Clone)]
 pub struct JobQueue {
@@ -131,7 +131,11 @@ fn segment_batches(
             .unzip();
         log::debug!("segmenting a batch of {}", jobs.len());
         let result = editor.segment(&jobs);
-        if segmented.send((jobs, result, waits_and_replies)).is_err() {
+        let ready = Instant::now();
+        if segmented
+            .send((jobs, result, ready, waits_and_replies))
+            .is_err()
+        {
             return;
         }
     }
@@ -142,14 +146,20 @@ fn finish_batches(
     segmented: std::sync::mpsc::Receiver<SegmentedBatch>,
     in_flight: &AtomicUsize,
 ) {
-    for (jobs, result, waits_and_replies) in segmented {
-        let results = editor.finish_batch(&jobs, result);
-        for ((waited, reply), mut result) in waits_and_replies.into_iter().zip(results) {
+    for (jobs, result, ready, waits_and_replies) in segmented {
+        // Waiting for the model thread's queue, then for this thread to take the batch.
+        let handed_over = ready.elapsed();
+        let mut replies: Vec<Option<(Duration, Reply)>> =
+            waits_and_replies.into_iter().map(Some).collect();
+        editor.finish_each(&jobs, result, |i, mut result| {
+            let Some((waited, reply)) = replies[i].take() else {
+                return;
+            };
             if let Ok(output) = &mut result {
-                output.timings.add(Stage::QueueWait, waited);
+                output.timings.add(Stage::QueueWait, waited + handed_over);
             }
             in_flight.fetch_sub(1, Ordering::Relaxed);
             let _ = reply.send(result);
-        }
+        });
     }
 }

@@ -32,7 +32,8 @@ pub struct EditOutput {
     /// Share of the subject's pixels the model was unsure about (0..1); `None` without a
     /// model mask.
     pub uncertainty: Option<f32>,
-    /// This image's preprocess, forward (its share of the batch's), effects and readback.
+    /// What this image waited for: its batch's preprocess and forward, the earlier jobs of
+    /// its batch (as `queue_wait`), its own effects and readback.
     pub timings: StageTimes,
 }
 
@@ -44,8 +45,8 @@ pub struct Editor {
 pub struct Segmented {
     uploaded: Vec<Result<GpuImage>>,
     masks: Vec<Option<Result<GpuImage>>>,
-    /// Each job's share of the batch's preprocess and forward time.
-    per_job: StageTimes,
+    /// The batch's preprocess and forward time, which every job of it waited for.
+    batch: StageTimes,
 }
 
 impl Editor {
@@ -112,29 +113,42 @@ impl Editor {
         Segmented {
             uploaded,
             masks,
-            per_job: timings.divided_by(jobs.len() as u32),
+            batch: timings,
         }
     }
 
     /// The second half of [`Editor::render`]: everything after the model, for the jobs
     /// [`Editor::segment`] was given.
     pub fn finish_batch(&self, jobs: &[Job], segmented: Segmented) -> Vec<Result<EditOutput>> {
+        let mut results = Vec::with_capacity(jobs.len());
+        self.finish_each(jobs, segmented, |_, result| results.push(result));
+        results
+    }
+
+    /// [`Editor::finish_batch`], handing each job's result (with its index) to `done` as
+    /// soon as it is ready, so a server can encode and answer it while the next job renders.
+    /// A job's `queue_wait` includes the time it waited for the earlier jobs of its batch.
+    pub fn finish_each(
+        &self,
+        jobs: &[Job],
+        segmented: Segmented,
+        mut done: impl FnMut(usize, Result<EditOutput>),
+    ) {
         let Segmented {
             uploaded,
             masks,
-            per_job,
+            batch,
         } = segmented;
-        jobs.iter()
-            .zip(uploaded)
-            .zip(masks)
-            .map(|((job, image), mask)| {
-                let image = image?;
-                let mask = mask.transpose()?;
-                let mut timings = per_job;
-                let output = self.finish(job, &image, mask, &mut timings)?;
+        let started = Instant::now();
+        for (i, ((job, image), mask)) in jobs.iter().zip(uploaded).zip(masks).enumerate() {
+            let mut timings = batch;
+            timings.add(Stage::QueueWait, started.elapsed());
+            let result = image.and_then(|image| {
+                let output = self.finish(job, &image, mask.transpose()?, &mut timings)?;
                 Ok(EditOutput { timings, ..output })
-            })
-            .collect()
+            });
+            done(i, result);
+        }
     }
 
     fn finish(
