@@ -191,7 +191,7 @@ impl Remover {
         Ok(Some(masks))
     }
 
-    /// `mask` (from [`Remover::masks`]) at the size of `image` (`photo` uploaded).
+    /// `mask` (from [`Remover::masks_of`]) at the size of `image` (`photo` uploaded).
     pub fn full_size_mask(
         &self,
         photo: &RgbaImage,

@@ -1,9 +1,10 @@
 //! The GPU job queue: handlers submit decoded jobs; two worker threads share the editor
 //! (and so the device) and render them in batches, so concurrent requests share one model
 //! forward. The model thread collects a batch and runs [`Editor::segment`] (upload,
-//! preprocess, forward); the effects thread runs [`Editor::finish_batch`] (refinement,
-//! placement, effects, compositing, readback) and replies. So batch k+1's forward overlaps
-//! batch k's effects, with at most one segmented batch waiting between them. The queue is
+//! preprocess, forward); the effects thread runs [`Editor::finish_each`] (refinement,
+//! placement, effects, compositing, readback) and replies to each job as it is done. So
+//! batch k+1's forward overlaps batch k's effects, with at most one segmented batch waiting
+//! between them. The queue is
 //! bounded: a full queue is reported at once, never waited on.
 
 use std::sync::Arc;
