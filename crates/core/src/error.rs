@@ -12,6 +12,12 @@ pub enum Error {
     Encode(String),
     #[error("the model file does not fit: {0}")]
     InvalidModel(String),
+    #[error("{file}: tensor '{tensor}' {problem}")]
+    ModelTensor {
+        file: String,
+        tensor: String,
+        problem: TensorProblem,
+    },
     #[error("unknown model '{0}' (known: {1})")]
     UnknownModel(String, String),
     #[error(
@@ -30,4 +36,24 @@ pub enum Error {
     InvalidArgument(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// What is wrong with one tensor of a model file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TensorProblem {
+    #[error("is missing")]
+    Missing,
+    #[error("is not part of this architecture")]
+    Unexpected,
+    #[error("has shape {found:?}, expected {expected:?}")]
+    Shape {
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("has element type {0}, expected floats")]
+    DType(String),
+    #[error("cannot be read: {0}")]
+    Unreadable(String),
+    #[error("does not match the architecture's values: {0}")]
+    Values(String),
 }

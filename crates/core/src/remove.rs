@@ -81,11 +81,14 @@ impl Remover {
 
     /// Loads `model_name` (downloading it when allowed and missing) onto the backend
     /// `ModelBackend::choose` picks for `gpu`.
-    /// `model` is the name of one of `model::MODELS` or the path of an ONNX file.
+    /// `model` is the name of one of `model::MODELS`, the path of an ONNX file, or of a
+    /// BiRefNet state dict (`.safetensors`, `.pth`).
     pub fn load(gpu: &Gpu, model: &str, allow_download: bool) -> Result<Self> {
         let backend = ModelBackend::choose(gpu);
         let device = backend.device(gpu);
-        let session = if model::is_model_file(model) {
+        let session = if model::is_state_dict_file(model) {
+            Session::from_state_dict(std::path::Path::new(model), &device)?
+        } else if model::is_model_file(model) {
             let bytes = std::fs::read(model)
                 .map_err(|e| Error::InvalidModel(format!("reading {model}: {e}")))?;
             Session::from_custom_onnx(&bytes, &device)?

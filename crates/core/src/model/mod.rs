@@ -1,10 +1,12 @@
 //! Segmentation models: where their weights come from and how a batch runs through them.
 
+pub mod birefnet;
 pub mod cpu_conv;
 pub mod cpu_resample;
 pub mod isnet;
 pub mod onnx;
 pub mod rsu;
+pub mod state_dict;
 pub mod u2net;
 pub mod wgpu_io;
 
@@ -29,6 +31,8 @@ pub trait Network: std::fmt::Debug + Send + Sync {
 pub enum Architecture {
     U2Net,
     IsNet,
+    /// Read from a PyTorch state dict (`.safetensors`, `.pth`), not from ONNX.
+    BiRefNet,
 }
 
 impl Architecture {
@@ -44,6 +48,13 @@ impl Architecture {
         Ok(match self {
             Architecture::U2Net => Box::new(U2Net::from_convolutions(convs, device)?),
             Architecture::IsNet => Box::new(IsNet::from_convolutions(convs, device)?),
+            Architecture::BiRefNet => {
+                return Err(Error::InvalidModel(
+                    "BiRefNet is read from its PyTorch weights (model.safetensors or .pth), \
+                     not from an ONNX export"
+                        .into(),
+                ));
+            }
         })
     }
 }
@@ -165,9 +176,34 @@ const CUSTOM_ISNET: ModelSpec = ModelSpec {
     std: DIS_STD,
 };
 
-/// Whether `--model` names an ONNX file rather than one of [`MODELS`].
+/// A BiRefNet state dict of the user's own (upstream's `model.safetensors`, a `.pth`
+/// checkpoint, or a compatible one such as RMBG-2.0), preprocessed as upstream does: 1024²,
+/// ImageNet mean and std.
+const CUSTOM_BIREFNET: ModelSpec = ModelSpec {
+    name: "birefnet_custom",
+    file: "",
+    md5: "",
+    url: "",
+    licence: "the file's own",
+    architecture: Architecture::BiRefNet,
+    input_size: 1024,
+    mean: IMAGENET_MEAN,
+    std: IMAGENET_STD,
+};
+
+/// Whether `--model` names a file rather than one of [`MODELS`].
 pub fn is_model_file(model: &str) -> bool {
-    model.ends_with(".onnx") || model.contains(std::path::MAIN_SEPARATOR)
+    model.ends_with(".onnx")
+        || is_state_dict_file(model)
+        || model.contains(std::path::MAIN_SEPARATOR)
+}
+
+/// Whether the file is a PyTorch state dict (BiRefNet's format) rather than ONNX.
+pub fn is_state_dict_file(model: &str) -> bool {
+    let lower = model.to_ascii_lowercase();
+    [".safetensors", ".pth", ".pt"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
 }
 
 pub fn spec(name: &str) -> Result<&'static ModelSpec> {
@@ -291,10 +327,18 @@ impl Session {
         let convs = onnx::read_convolutions(onnx)?;
         let architecture = Architecture::of(&convs);
         let spec = match architecture {
-            Architecture::U2Net => &CUSTOM_U2NET,
             Architecture::IsNet => &CUSTOM_ISNET,
+            // `Architecture::of` tells only the two ONNX architectures apart.
+            Architecture::U2Net | Architecture::BiRefNet => &CUSTOM_U2NET,
         };
         Self::new(spec, architecture.build(convs, device)?, device)
+    }
+
+    /// A BiRefNet state dict by path (`.safetensors` or a PyTorch checkpoint).
+    pub fn from_state_dict(path: &Path, device: &Device) -> Result<Self> {
+        let state = state_dict::StateDict::open(path)?;
+        let net = birefnet::BiRefNet::load(state, device)?;
+        Self::new(&CUSTOM_BIREFNET, Box::new(net), device)
     }
 
     fn new(spec: &'static ModelSpec, net: Box<dyn Network>, device: &Device) -> Result<Self> {

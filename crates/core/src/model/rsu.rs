@@ -188,6 +188,21 @@ pub struct Conv {
 }
 
 impl Conv {
+    /// `on_flex`: the device is burn's flex backend, where stride-1 convolutions run on
+    /// cutout's own kernel.
+    pub fn new(c: ConvWeights, device: &Device, on_flex: bool) -> Self {
+        let out = c.shape[0];
+        let cpu = (on_flex && c.stride == 1)
+            .then(|| PackedConv::new(&c.weight, c.shape, &c.bias, c.dilation));
+        Conv {
+            weight: Tensor::from_data(TensorData::new(c.weight, c.shape), device),
+            bias: Tensor::from_data(TensorData::new(c.bias, [out]), device),
+            dilation: c.dilation,
+            stride: c.stride,
+            cpu,
+        }
+    }
+
     pub fn out_channels(&self) -> usize {
         self.weight.dims()[0]
     }
@@ -328,7 +343,7 @@ impl<'a> ConvSource<'a> {
                 "the file has only {index} convolutions, {architecture} needs more"
             ))
         })?;
-        let [out, input, kh, kw] = c.shape;
+        let [_, input, kh, kw] = c.shape;
         let expected_padding = dilation * (kernel - 1) / 2;
         if input != in_channels
             || (kh, kw) != (kernel, kernel)
@@ -343,15 +358,7 @@ impl<'a> ConvSource<'a> {
                 c.dilation, c.stride
             )));
         }
-        let cpu = (self.on_flex && stride == 1)
-            .then(|| PackedConv::new(&c.weight, c.shape, &c.bias, dilation));
-        Ok(Conv {
-            weight: Tensor::from_data(TensorData::new(c.weight, c.shape), self.device),
-            bias: Tensor::from_data(TensorData::new(c.bias, [out]), self.device),
-            dilation,
-            stride,
-            cpu,
-        })
+        Ok(Conv::new(c, self.device, self.on_flex))
     }
 
     pub fn finish(mut self) -> Result<()> {

@@ -1,0 +1,1182 @@
+//! BiRefNet (Zheng et al. 2024, "Bilateral Reference for High-Resolution Dichotomous Image
+//! Segmentation"), as upstream's `models/birefnet.py` runs it at inference.
+//!
+//! - **Encoder**: a Swin Transformer (Swin-L for the general, portrait, matting, DIS, HRSOD,
+//!   COD, massive and 2K models; Swin-T for lite) runs on the image and on the image at half
+//!   size; each of its four stages is concatenated with the half-size run's, upsampled. The
+//!   deepest level also receives the three shallower ones, resized down to it, and a
+//!   squeeze block (one decoder block) brings it back to the backbone's width.
+//! - **Decoder**: four decoder blocks (3×3 conv, ASPP with modulated deformable convolutions,
+//!   3×3 conv), from the deepest level up, each fed the upsampled level below plus a 1×1
+//!   lateral projection of the encoder at its level, and the image itself cut into patches
+//!   stacked as channels (`image2patches`) through two 3×3 convolutions. Below the top level
+//!   a gradient-attention map gates each block's output.
+//! - **Output**: a 1×1 convolution at the input resolution; its sigmoid is the mask.
+//!
+//! The training-only paths (multi-scale supervision heads, gradient prediction heads) are in
+//! the published state dicts but unused here, as upstream skips them in `eval()`. Every
+//! bilinear resize uses `align_corners=True`, as upstream's do. Batch norm is folded into
+//! the convolutions at load. Every width is read from the weights, so one type serves every
+//! published variant; each tensor's shape is checked against the widths before it.
+
+use burn::tensor::activation::{gelu, relu, sigmoid, softmax};
+use burn::tensor::module::{adaptive_avg_pool2d, conv2d, deform_conv2d, interpolate};
+use burn::tensor::ops::{ConvOptions, DeformConvOptions, InterpolateMode, InterpolateOptions};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::Network;
+use super::onnx::ConvWeights;
+use super::rsu::Conv;
+use super::state_dict::StateDict;
+use crate::error::{Result, TensorProblem};
+
+const BATCH_NORM_EPS: f32 = 1e-5;
+const LAYER_NORM_EPS: f32 = 1e-5;
+/// Stands in for −∞ in the shifted-window mask: exp() of it is exactly 0, as of −∞, and it
+/// cannot turn a softmax into NaN on any backend.
+const MASKED: f32 = -1e9;
+
+/// State-dict entries upstream's model has but does not run at inference.
+fn unused_at_inference(name: &str) -> bool {
+    name.ends_with(".num_batches_tracked")
+        || name.starts_with("decoder.conv_ms_spvn_")
+        || name.starts_with("decoder.gdt_convs_pred_")
+}
+
+#[derive(Debug)]
+pub struct BiRefNet {
+    backbone: Swin,
+    squeeze: Vec<DecoderBlock>,
+    decoder: Decoder,
+}
+
+/// The intermediate results the fidelity tests compare with PyTorch's.
+pub struct Outputs {
+    /// The backbone's four stages on the full-size input (before the multi-scale concat).
+    pub stages: Vec<Tensor<4>>,
+    /// The last prediction, before the sigmoid.
+    pub logits: Tensor<4>,
+}
+
+impl BiRefNet {
+    /// Builds the network from a state dict with upstream's key names. Every tensor must be
+    /// used (or be one upstream does not run at inference) and have the shape the widths
+    /// read before it imply.
+    pub fn load(mut state: StateDict, device: &Device) -> Result<Self> {
+        state.skip_unused(unused_at_inference);
+        let mut loader = Loader {
+            state: &mut state,
+            device,
+            on_flex: *device == Device::flex(),
+        };
+        let backbone = Swin::load(&mut loader, "bb")?;
+        // Each level: the backbone's width twice (the full-size and half-size runs).
+        let levels: Vec<usize> = backbone.widths().iter().map(|c| 2 * c).collect();
+        let deepest_in = levels.iter().sum::<usize>();
+        let mut squeeze = Vec::new();
+        while loader
+            .state
+            .contains(&format!("squeeze_module.{}.conv_in.weight", squeeze.len()))
+        {
+            let name = format!("squeeze_module.{}", squeeze.len());
+            let in_channels = if squeeze.is_empty() {
+                deepest_in
+            } else {
+                levels[3]
+            };
+            squeeze.push(DecoderBlock::load(
+                &mut loader,
+                &name,
+                in_channels,
+                Some(levels[3]),
+            )?);
+        }
+        let decoder = Decoder::load(&mut loader, levels)?;
+        state.finish()?;
+        Ok(Self {
+            backbone,
+            squeeze,
+            decoder,
+        })
+    }
+
+    /// The forward pass, keeping what the tests compare.
+    pub fn outputs(&self, x: Tensor<4>) -> Outputs {
+        let [_, _, h, w] = x.dims();
+        let full = self.backbone.forward(x.clone());
+        let half = self.backbone.forward(resize(x.clone(), [h / 2, w / 2]));
+        let mut levels: Vec<Tensor<4>> = full
+            .iter()
+            .zip(half)
+            .map(|(f, s)| {
+                let [_, _, fh, fw] = f.dims();
+                Tensor::cat(vec![f.clone(), resize(s, [fh, fw])], 1)
+            })
+            .collect();
+        let [_, _, dh, dw] = levels[3].dims();
+        let mut context: Vec<Tensor<4>> = levels[..3]
+            .iter()
+            .map(|level| resize(level.clone(), [dh, dw]))
+            .collect();
+        context.push(levels.pop().expect("four levels"));
+        let mut deepest = Tensor::cat(context, 1);
+        for block in &self.squeeze {
+            deepest = block.forward(deepest);
+        }
+        levels.push(deepest);
+        let logits = self.decoder.forward(x, levels);
+        Outputs {
+            stages: full,
+            logits,
+        }
+    }
+}
+
+impl Network for BiRefNet {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        sigmoid(self.outputs(x).logits)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Swin Transformer (upstream's `models/backbones/swin_v1.py`)
+
+#[derive(Debug)]
+struct Swin {
+    patch_embed: PatchEmbed,
+    stages: Vec<SwinStage>,
+    /// `norm{i}`: applied to each stage's output.
+    out_norms: Vec<LayerNorm>,
+}
+
+impl Swin {
+    fn load(loader: &mut Loader, prefix: &str) -> Result<Self> {
+        let patch_embed = PatchEmbed::load(loader, &format!("{prefix}.patch_embed"))?;
+        let mut width = patch_embed.width();
+        let mut stages = Vec::new();
+        let mut out_norms = Vec::new();
+        while loader.state.contains(&format!(
+            "{prefix}.layers.{}.blocks.0.norm1.weight",
+            stages.len()
+        )) {
+            let i = stages.len();
+            let stage = SwinStage::load(loader, &format!("{prefix}.layers.{i}"), width)?;
+            out_norms.push(LayerNorm::load(
+                loader,
+                &format!("{prefix}.norm{i}"),
+                width,
+            )?);
+            width = stage.out_width(width);
+            stages.push(stage);
+        }
+        if stages.len() != 4 {
+            let name = format!("{prefix}.layers.{}.blocks.0.norm1.weight", stages.len());
+            return Err(loader.state.problem(&name, TensorProblem::Missing));
+        }
+        Ok(Self {
+            patch_embed,
+            stages,
+            out_norms,
+        })
+    }
+
+    /// Each stage's channels.
+    fn widths(&self) -> Vec<usize> {
+        self.out_norms.iter().map(LayerNorm::width).collect()
+    }
+
+    /// The four stages' outputs, NCHW.
+    fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        let (mut tokens, [mut h, mut w]) = self.patch_embed.forward(x);
+        let mut outputs = Vec::with_capacity(4);
+        for (stage, norm) in self.stages.iter().zip(&self.out_norms) {
+            let (out, next) = stage.forward(tokens, [h, w]);
+            let [batch, _, channels] = out.dims();
+            outputs.push(
+                norm.forward(out)
+                    .reshape([batch, h, w, channels])
+                    .permute([0, 3, 1, 2]),
+            );
+            tokens = next;
+            [h, w] = [h.div_ceil(2), w.div_ceil(2)];
+        }
+        outputs
+    }
+}
+
+/// A 4×4 stride-4 convolution into tokens, then LayerNorm.
+#[derive(Debug)]
+struct PatchEmbed {
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    norm: LayerNorm,
+}
+
+impl PatchEmbed {
+    fn load(loader: &mut Loader, prefix: &str) -> Result<Self> {
+        let name = format!("{prefix}.proj.weight");
+        let shape = loader.state.shape(&name)?;
+        let (width, patch) = match shape[..] {
+            [width, 3, patch, p] if patch == p => (width, patch),
+            _ => {
+                let expected = vec![shape.first().copied().unwrap_or(0), 3, 4, 4];
+                return Err(loader.shape_problem(&name, shape, expected));
+            }
+        };
+        Ok(Self {
+            weight: loader.tensor(&name, [width, 3, patch, patch])?,
+            bias: loader.tensor(&format!("{prefix}.proj.bias"), [width])?,
+            norm: LayerNorm::load(loader, &format!("{prefix}.norm"), width)?,
+        })
+    }
+
+    fn width(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// `[B, 3, H, W]` → tokens `[B, H/4 · W/4, C]` and their grid.
+    fn forward(&self, x: Tensor<4>) -> (Tensor<3>, [usize; 2]) {
+        let patch = self.weight.dims()[2];
+        let [_, _, h, w] = x.dims();
+        // Upstream pads the right and bottom edges up to a whole patch.
+        let x = pad_bottom_right(x, [h.next_multiple_of(patch), w.next_multiple_of(patch)]);
+        let options = ConvOptions::new([patch, patch], [0, 0], [1, 1], 1);
+        let y = conv2d(x, self.weight.clone(), Some(self.bias.clone()), options);
+        let [batch, channels, gh, gw] = y.dims();
+        let tokens = y.reshape([batch, channels, gh * gw]).swap_dims(1, 2);
+        (self.norm.forward(tokens), [gh, gw])
+    }
+}
+
+/// One stage: `depth` blocks alternating plain and shifted windows, then (but for the last
+/// stage) patch merging.
+#[derive(Debug)]
+struct SwinStage {
+    blocks: Vec<SwinBlock>,
+    window: usize,
+    merge: Option<PatchMerging>,
+}
+
+impl SwinStage {
+    fn load(loader: &mut Loader, prefix: &str, width: usize) -> Result<Self> {
+        let table = format!("{prefix}.blocks.0.attn.relative_position_bias_table");
+        let [rows, _] = loader.dims(&table)?;
+        // (2·window − 1)² rows
+        let side = (rows as f64).sqrt().round() as usize;
+        if side * side != rows || side.is_multiple_of(2) {
+            let shape = loader.state.shape(&table)?;
+            return Err(loader.shape_problem(&table, shape.clone(), shape));
+        }
+        let window = side.div_ceil(2);
+        let mut blocks = Vec::new();
+        while loader
+            .state
+            .contains(&format!("{prefix}.blocks.{}.norm1.weight", blocks.len()))
+        {
+            let i = blocks.len();
+            let shift = if i % 2 == 0 { 0 } else { window / 2 };
+            let name = format!("{prefix}.blocks.{i}");
+            blocks.push(SwinBlock::load(loader, &name, width, window, shift)?);
+        }
+        let merge = if loader
+            .state
+            .contains(&format!("{prefix}.downsample.norm.weight"))
+        {
+            Some(PatchMerging::load(
+                loader,
+                &format!("{prefix}.downsample"),
+                width,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            blocks,
+            window,
+            merge,
+        })
+    }
+
+    fn out_width(&self, width: usize) -> usize {
+        self.merge.as_ref().map_or(width, PatchMerging::out_width)
+    }
+
+    /// Returns the stage's output and its merged tokens (the next stage's input).
+    fn forward(&self, mut x: Tensor<3>, size: [usize; 2]) -> (Tensor<3>, Tensor<3>) {
+        let padded = size.map(|s| s.next_multiple_of(self.window));
+        let shift = self.window / 2;
+        let mask = (self.blocks.len() > 1)
+            .then(|| shifted_window_mask(padded, self.window, shift, &x.device()));
+        for block in &self.blocks {
+            let mask = (block.shift > 0).then_some(mask.as_ref()).flatten();
+            x = block.forward(x, size, mask);
+        }
+        let merged = match &self.merge {
+            Some(merge) => merge.forward(x.clone(), size),
+            None => x.clone(),
+        };
+        (x, merged)
+    }
+}
+
+/// `[nW, N, N]`: 0 where two tokens of a shifted window come from the same region of the
+/// (padded) image, [`MASKED`] where the cyclic shift brought them together from opposite
+/// edges. As upstream's `BasicLayer.forward`.
+fn shifted_window_mask(
+    [hp, wp]: [usize; 2],
+    window: usize,
+    shift: usize,
+    device: &Device,
+) -> Tensor<3> {
+    let region = |i: usize, size: usize| {
+        if i < size - window {
+            0
+        } else if i < size - shift {
+            1
+        } else {
+            2
+        }
+    };
+    let tokens = window * window;
+    let (rows, cols) = (hp / window, wp / window);
+    let mut mask = Vec::with_capacity(rows * cols * tokens * tokens);
+    for wy in 0..rows {
+        for wx in 0..cols {
+            let ids: Vec<usize> = (0..tokens)
+                .map(|t| {
+                    let (y, x) = (wy * window + t / window, wx * window + t % window);
+                    region(y, hp) * 3 + region(x, wp)
+                })
+                .collect();
+            for a in &ids {
+                mask.extend(ids.iter().map(|b| if a == b { 0.0 } else { MASKED }));
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(mask, [rows * cols, tokens, tokens]), device)
+}
+
+#[derive(Debug)]
+struct SwinBlock {
+    norm1: LayerNorm,
+    attention: WindowAttention,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    window: usize,
+    shift: usize,
+}
+
+impl SwinBlock {
+    fn load(
+        loader: &mut Loader,
+        prefix: &str,
+        width: usize,
+        window: usize,
+        shift: usize,
+    ) -> Result<Self> {
+        let norm1 = LayerNorm::load(loader, &format!("{prefix}.norm1"), width)?;
+        let attention = WindowAttention::load(loader, &format!("{prefix}.attn"), width, window)?;
+        let norm2 = LayerNorm::load(loader, &format!("{prefix}.norm2"), width)?;
+        let hidden = loader.dims::<2>(&format!("{prefix}.mlp.fc1.weight"))?[0];
+        Ok(Self {
+            norm1,
+            attention,
+            norm2,
+            fc1: Linear::load(loader, &format!("{prefix}.mlp.fc1"), width, hidden, true)?,
+            fc2: Linear::load(loader, &format!("{prefix}.mlp.fc2"), hidden, width, true)?,
+            window,
+            shift,
+        })
+    }
+
+    fn forward(&self, x: Tensor<3>, [h, w]: [usize; 2], mask: Option<&Tensor<3>>) -> Tensor<3> {
+        let [batch, length, channels] = x.dims();
+        let window = self.window;
+        let [hp, wp] = [h.next_multiple_of(window), w.next_multiple_of(window)];
+        let shortcut = x.clone();
+
+        let mut grid = pad_tokens(
+            self.norm1.forward(x).reshape([batch, h, w, channels]),
+            [hp, wp],
+        );
+        let shift = self.shift as i64;
+        if shift > 0 {
+            grid = grid.roll(&[-shift, -shift], &[1, 2]);
+        }
+        let windows = grid
+            .reshape([batch, hp / window, window, wp / window, window, channels])
+            .permute([0, 1, 3, 2, 4, 5])
+            .reshape([
+                batch * (hp / window) * (wp / window),
+                window * window,
+                channels,
+            ]);
+        let attended = self.attention.forward(windows, batch, mask);
+        let mut grid = attended
+            .reshape([batch, hp / window, wp / window, window, window, channels])
+            .permute([0, 1, 3, 2, 4, 5])
+            .reshape([batch, hp, wp, channels]);
+        if shift > 0 {
+            grid = grid.roll(&[shift, shift], &[1, 2]);
+        }
+        if (hp, wp) != (h, w) {
+            grid = grid.slice([0..batch, 0..h, 0..w, 0..channels]);
+        }
+        let x = shortcut + grid.reshape([batch, length, channels]);
+        let mlp = self
+            .fc2
+            .forward(gelu(self.fc1.forward(self.norm2.forward(x.clone()))));
+        x + mlp
+    }
+}
+
+/// Multi-head self-attention inside each window, with a learned bias per relative position.
+#[derive(Debug)]
+struct WindowAttention {
+    qkv: Linear,
+    proj: Linear,
+    heads: usize,
+    /// `[1, heads, N, N]`, gathered from the bias table once at load.
+    position_bias: Tensor<4>,
+}
+
+impl WindowAttention {
+    fn load(loader: &mut Loader, prefix: &str, width: usize, window: usize) -> Result<Self> {
+        let table_name = format!("{prefix}.relative_position_bias_table");
+        let [rows, heads] = loader.dims(&table_name)?;
+        if heads == 0 || !width.is_multiple_of(heads) {
+            let found = vec![rows, heads];
+            return Err(loader.shape_problem(&table_name, found.clone(), found));
+        }
+        let table = loader.state.take(&table_name, &[rows, heads])?;
+        let index = relative_position_index(window);
+        let tokens = window * window;
+        // Upstream saves the index as a buffer; a file whose index differs was made for
+        // another window layout.
+        let index_name = format!("{prefix}.relative_position_index");
+        if loader.state.contains(&index_name) {
+            let saved = loader.state.take_indices(&index_name, &[tokens, tokens])?;
+            if saved.iter().zip(&index).any(|(&s, &i)| s != i as i64) {
+                let problem = TensorProblem::Values(format!("not the index of {window}² windows"));
+                return Err(loader.state.problem(&index_name, problem));
+            }
+        }
+        let mut bias = vec![0.0; heads * tokens * tokens];
+        for head in 0..heads {
+            for (pair, &row) in index.iter().enumerate() {
+                bias[head * tokens * tokens + pair] = table[row * heads + head];
+            }
+        }
+        Ok(Self {
+            qkv: Linear::load(loader, &format!("{prefix}.qkv"), width, 3 * width, true)?,
+            proj: Linear::load(loader, &format!("{prefix}.proj"), width, width, true)?,
+            heads,
+            position_bias: Tensor::from_data(
+                TensorData::new(bias, [1, heads, tokens, tokens]),
+                loader.device,
+            ),
+        })
+    }
+
+    /// `x`: `[B·nW, N, C]` windows of `batch` images; `mask`: `[nW, N, N]` for shifted ones.
+    fn forward(&self, x: Tensor<3>, batch: usize, mask: Option<&Tensor<3>>) -> Tensor<3> {
+        let [windows, tokens, channels] = x.dims();
+        let heads = self.heads;
+        let head_width = channels / heads;
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([windows, tokens, 3, heads, head_width])
+            .permute([2, 0, 3, 1, 4]);
+        let part = |i: usize| {
+            qkv.clone()
+                .slice([i..i + 1, 0..windows, 0..heads, 0..tokens, 0..head_width])
+                .reshape([windows, heads, tokens, head_width])
+        };
+        let (q, k, v) = (part(0), part(1), part(2));
+        let scale = (head_width as f32).powf(-0.5);
+        let mut scores = (q * scale).matmul(k.swap_dims(2, 3)) + self.position_bias.clone();
+        if let Some(mask) = mask {
+            let per_image = windows / batch;
+            scores = (scores.reshape([batch, per_image, heads, tokens, tokens])
+                + mask.clone().reshape([1, per_image, 1, tokens, tokens]))
+            .reshape([windows, heads, tokens, tokens]);
+        }
+        let out = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([windows, tokens, channels]);
+        self.proj.forward(out)
+    }
+}
+
+/// For each pair of tokens `(i, j)` of a window, the row of the bias table for their offset
+/// (as upstream's `relative_position_index` buffer).
+fn relative_position_index(window: usize) -> Vec<usize> {
+    let tokens = window * window;
+    let mut index = Vec::with_capacity(tokens * tokens);
+    for i in 0..tokens {
+        for j in 0..tokens {
+            let dy = i / window + window - 1 - j / window;
+            let dx = i % window + window - 1 - j % window;
+            index.push(dy * (2 * window - 1) + dx);
+        }
+    }
+    index
+}
+
+/// Halves the grid: each 2×2 neighbourhood's tokens concatenated (in upstream's order
+/// `(0,0) (1,0) (0,1) (1,1)`), LayerNorm, and a linear map to twice the width.
+#[derive(Debug)]
+struct PatchMerging {
+    norm: LayerNorm,
+    reduction: Linear,
+}
+
+impl PatchMerging {
+    fn load(loader: &mut Loader, prefix: &str, width: usize) -> Result<Self> {
+        Ok(Self {
+            norm: LayerNorm::load(loader, &format!("{prefix}.norm"), 4 * width)?,
+            reduction: Linear::load(
+                loader,
+                &format!("{prefix}.reduction"),
+                4 * width,
+                2 * width,
+                false,
+            )?,
+        })
+    }
+
+    fn out_width(&self) -> usize {
+        self.reduction.out_width()
+    }
+
+    fn forward(&self, x: Tensor<3>, [h, w]: [usize; 2]) -> Tensor<3> {
+        let [batch, _, channels] = x.dims();
+        let [h2, w2] = [h.div_ceil(2), w.div_ceil(2)];
+        let grid = pad_tokens(x.reshape([batch, h, w, channels]), [2 * h2, 2 * w2]);
+        let merged = grid
+            .reshape([batch, h2, 2, w2, 2, channels])
+            .permute([0, 1, 3, 4, 2, 5])
+            .reshape([batch, h2 * w2, 4 * channels]);
+        self.reduction.forward(self.norm.forward(merged))
+    }
+}
+
+/// Zero-pads `[B, H, W, C]` at the bottom and right to `[B, hp, wp, C]`.
+fn pad_tokens(x: Tensor<4>, [hp, wp]: [usize; 2]) -> Tensor<4> {
+    let [batch, h, w, channels] = x.dims();
+    let device = x.device();
+    let mut x = x;
+    if wp > w {
+        let zeros = Tensor::zeros([batch, h, wp - w, channels], &device);
+        x = Tensor::cat(vec![x, zeros], 2);
+    }
+    if hp > h {
+        let zeros = Tensor::zeros([batch, hp - h, wp, channels], &device);
+        x = Tensor::cat(vec![x, zeros], 1);
+    }
+    x
+}
+
+/// Zero-pads NCHW at the bottom and right to `[hp, wp]`.
+fn pad_bottom_right(x: Tensor<4>, [hp, wp]: [usize; 2]) -> Tensor<4> {
+    pad_tokens(x.permute([0, 2, 3, 1]), [hp, wp]).permute([0, 3, 1, 2])
+}
+
+#[derive(Debug)]
+struct LayerNorm {
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+}
+
+impl LayerNorm {
+    fn load(loader: &mut Loader, prefix: &str, width: usize) -> Result<Self> {
+        Ok(Self {
+            gamma: loader.tensor(&format!("{prefix}.weight"), [width])?,
+            beta: loader.tensor(&format!("{prefix}.bias"), [width])?,
+        })
+    }
+
+    fn width(&self) -> usize {
+        self.gamma.dims()[0]
+    }
+
+    /// Normalises the last dimension of `[B, L, C]`.
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let (var, mean) = x.clone().var_mean_bias(2);
+        let normalised = (x - mean) / (var + LAYER_NORM_EPS).sqrt();
+        normalised * self.gamma.clone().unsqueeze::<3>() + self.beta.clone().unsqueeze::<3>()
+    }
+}
+
+#[derive(Debug)]
+struct Linear {
+    /// `[in, out]`: PyTorch's `[out, in]` transposed once at load.
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    fn load(
+        loader: &mut Loader,
+        prefix: &str,
+        in_width: usize,
+        out_width: usize,
+        with_bias: bool,
+    ) -> Result<Self> {
+        let weight: Tensor<2> =
+            loader.tensor(&format!("{prefix}.weight"), [out_width, in_width])?;
+        let bias = match with_bias {
+            true => Some(loader.tensor(&format!("{prefix}.bias"), [out_width])?),
+            false => None,
+        };
+        Ok(Self {
+            weight: weight.transpose(),
+            bias,
+        })
+    }
+
+    fn out_width(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, length, channels] = x.dims();
+        let y = x
+            .reshape([batch * length, channels])
+            .matmul(self.weight.clone());
+        let y = match &self.bias {
+            Some(bias) => y + bias.clone().unsqueeze::<2>(),
+            None => y,
+        };
+        y.reshape([batch, length, self.out_width()])
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Decoder (upstream's `Decoder`, `BasicDecBlk`, `ASPPDeformable`, `BasicLatBlk`,
+// `SimpleConvs`)
+
+#[derive(Debug)]
+struct Decoder {
+    /// `ipt_blk5` … `ipt_blk1`: the image as patches into each level, deepest first.
+    inputs: Vec<SimpleConvs>,
+    /// `decoder_block4` … `decoder_block1`.
+    blocks: Vec<DecoderBlock>,
+    /// `lateral_block4` … `lateral_block2`.
+    laterals: Vec<Conv>,
+    /// `gdt_convs_{4,3,2}` (3×3 conv, batch norm, ReLU) and `gdt_convs_attn_{4,3,2}` (1×1):
+    /// the gradient attention gating the three deepest blocks' outputs.
+    gradients: Vec<(Conv, Conv)>,
+    out: Conv,
+}
+
+impl Decoder {
+    /// `levels`: the encoder's channels at each level, shallowest first.
+    fn load(loader: &mut Loader, levels: Vec<usize>) -> Result<Self> {
+        let mut inputs = Vec::new();
+        let mut blocks = Vec::new();
+        let mut laterals = Vec::new();
+        let mut gradients = Vec::new();
+        // The deepest level enters at the backbone's width, the others after the block and
+        // lateral above them; each also takes its patch input's channels.
+        let mut below = levels[3];
+        for level in (1..=4).rev() {
+            // The image cut into (2^(level+1))² patches of the level's size: 3·4^(level+1)
+            // channels (3072 at the deepest level, 3 at the top).
+            let patches = 3 << (2 * (level + 1));
+            let input =
+                SimpleConvs::load(loader, &format!("decoder.ipt_blk{}", level + 1), patches)?;
+            let block_in = below + input.out_channels();
+            let block = DecoderBlock::load(
+                loader,
+                &format!("decoder.decoder_block{level}"),
+                block_in,
+                None,
+            )?;
+            below = block.out_channels();
+            if level > 1 {
+                let lateral_in = levels[level - 2];
+                let name = format!("decoder.lateral_block{level}.conv");
+                laterals.push(loader.conv(&name, lateral_in, 1, Some(below), true)?);
+                let gdt = format!("decoder.gdt_convs_{level}");
+                let gdt_width = loader.out_channels(&format!("{gdt}.0.weight"))?;
+                let conv = loader.conv_bn(
+                    &format!("{gdt}.0"),
+                    &format!("{gdt}.1"),
+                    below,
+                    3,
+                    gdt_width,
+                    true,
+                )?;
+                let attention = loader.conv(
+                    &format!("decoder.gdt_convs_attn_{level}.0"),
+                    gdt_width,
+                    1,
+                    Some(1),
+                    true,
+                )?;
+                gradients.push((conv, attention));
+            }
+            inputs.push(input);
+            blocks.push(block);
+        }
+        let top = SimpleConvs::load(loader, "decoder.ipt_blk1", 3)?;
+        let out_in = below + top.out_channels();
+        inputs.push(top);
+        let out = loader.conv("decoder.conv_out1.0", out_in, 1, Some(1), true)?;
+        Ok(Self {
+            inputs,
+            blocks,
+            laterals,
+            gradients,
+            out,
+        })
+    }
+
+    /// `levels`: the encoder's four levels, shallowest first; returns the logits.
+    fn forward(&self, image: Tensor<4>, mut levels: Vec<Tensor<4>>) -> Tensor<4> {
+        let [_, _, h, w] = image.dims();
+        let mut p = levels.pop().expect("four levels");
+        for (i, block) in self.blocks.iter().enumerate() {
+            let patches = self.inputs[i].forward(image_patches(image.clone(), &p));
+            p = block.forward(Tensor::cat(vec![p, patches], 1));
+            match (self.gradients.get(i), levels.pop()) {
+                (Some((conv, attention)), Some(skip)) => {
+                    let gate = sigmoid(
+                        attention.forward(vec![conv.forward(vec![p.clone()], true)], false),
+                    );
+                    p = p * gate;
+                    let [_, _, sh, sw] = skip.dims();
+                    p = resize(p, [sh, sw]) + self.laterals[i].forward(vec![skip], false);
+                }
+                _ => p = resize(p, [h, w]),
+            }
+        }
+        let patches = self.inputs[4].forward(image_patches(image, &p));
+        self.out.forward(vec![p, patches], false)
+    }
+}
+
+/// Upstream's `image2patches(x, patch_ref)`: the image cut into a grid of patches the size
+/// of `reference`, stacked as channels (`b c (hg h) (wg w) -> b (c hg wg) h w`), then
+/// resized to `reference`'s size (a no-op when the grid divides the image).
+fn image_patches(image: Tensor<4>, reference: &Tensor<4>) -> Tensor<4> {
+    let [batch, channels, h, w] = image.dims();
+    let [_, _, rh, rw] = reference.dims();
+    let (gh, gw) = (h / rh, w / rw);
+    let (ph, pw) = (h / gh, w / gw);
+    let patches = image
+        .reshape([batch, channels, gh, ph, gw, pw])
+        .permute([0, 1, 2, 4, 3, 5])
+        .reshape([batch, channels * gh * gw, ph, pw]);
+    resize(patches, [rh, rw])
+}
+
+/// Two 3×3 convolutions, no activation between them.
+#[derive(Debug)]
+struct SimpleConvs {
+    conv1: Conv,
+    conv_out: Conv,
+}
+
+impl SimpleConvs {
+    fn load(loader: &mut Loader, prefix: &str, in_channels: usize) -> Result<Self> {
+        let inner = loader.out_channels(&format!("{prefix}.conv1.weight"))?;
+        let out = loader.out_channels(&format!("{prefix}.conv_out.weight"))?;
+        Ok(Self {
+            conv1: loader.conv(
+                &format!("{prefix}.conv1"),
+                in_channels,
+                3,
+                Some(inner),
+                true,
+            )?,
+            conv_out: loader.conv(&format!("{prefix}.conv_out"), inner, 3, Some(out), true)?,
+        })
+    }
+
+    fn out_channels(&self) -> usize {
+        self.conv_out.out_channels()
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv_out
+            .forward(vec![self.conv1.forward(vec![x], false)], false)
+    }
+}
+
+/// `BasicDecBlk`: 3×3 conv + BN + ReLU, ASPP with deformable convolutions, 3×3 conv + BN.
+#[derive(Debug)]
+struct DecoderBlock {
+    conv_in: Conv,
+    aspp: AsppDeformable,
+    conv_out: Conv,
+}
+
+impl DecoderBlock {
+    fn load(
+        loader: &mut Loader,
+        prefix: &str,
+        in_channels: usize,
+        out: Option<usize>,
+    ) -> Result<Self> {
+        let inner = loader.out_channels(&format!("{prefix}.conv_in.weight"))?;
+        let out = match out {
+            Some(out) => out,
+            None => loader.out_channels(&format!("{prefix}.conv_out.weight"))?,
+        };
+        Ok(Self {
+            conv_in: loader.conv_bn(
+                &format!("{prefix}.conv_in"),
+                &format!("{prefix}.bn_in"),
+                in_channels,
+                3,
+                inner,
+                true,
+            )?,
+            aspp: AsppDeformable::load(loader, &format!("{prefix}.dec_att"), inner)?,
+            conv_out: loader.conv_bn(
+                &format!("{prefix}.conv_out"),
+                &format!("{prefix}.bn_out"),
+                inner,
+                3,
+                out,
+                true,
+            )?,
+        })
+    }
+
+    fn out_channels(&self) -> usize {
+        self.conv_out.out_channels()
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.conv_in.forward(vec![x], true);
+        let x = self.aspp.forward(x);
+        self.conv_out.forward(vec![x], false)
+    }
+}
+
+/// Atrous spatial pyramid pooling with deformable branches: a 1×1 branch, deformable
+/// branches of kernels 1, 3 and 7, and the global average; each BN + ReLU, concatenated and
+/// fused by a 1×1 convolution (+ BN + ReLU). Dropout is the identity at inference.
+#[derive(Debug)]
+struct AsppDeformable {
+    branches: Vec<DeformableConv>,
+    pooled: Conv,
+    fuse: Conv,
+}
+
+impl AsppDeformable {
+    fn load(loader: &mut Loader, prefix: &str, in_channels: usize) -> Result<Self> {
+        let planes =
+            loader.out_channels(&format!("{prefix}.aspp1.atrous_conv.regular_conv.weight"))?;
+        let mut branches = vec![DeformableConv::load(
+            loader,
+            &format!("{prefix}.aspp1"),
+            in_channels,
+            1,
+            planes,
+        )?];
+        for (i, kernel) in [1, 3, 7].into_iter().enumerate() {
+            let name = format!("{prefix}.aspp_deforms.{i}");
+            branches.push(DeformableConv::load(
+                loader,
+                &name,
+                in_channels,
+                kernel,
+                planes,
+            )?);
+        }
+        let pooled = loader.conv_bn(
+            &format!("{prefix}.global_avg_pool.1"),
+            &format!("{prefix}.global_avg_pool.2"),
+            in_channels,
+            1,
+            planes,
+            false,
+        )?;
+        let fuse_out = loader.out_channels(&format!("{prefix}.conv1.weight"))?;
+        let fuse = loader.conv_bn(
+            &format!("{prefix}.conv1"),
+            &format!("{prefix}.bn1"),
+            planes * (branches.len() + 1),
+            1,
+            fuse_out,
+            false,
+        )?;
+        Ok(Self {
+            branches,
+            pooled,
+            fuse,
+        })
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [batch, _, h, w] = x.dims();
+        let mut parts: Vec<Tensor<4>> = self
+            .branches
+            .iter()
+            .map(|branch| relu(branch.forward(x.clone())))
+            .collect();
+        let pooled = self
+            .pooled
+            .forward(vec![adaptive_avg_pool2d(x, [1, 1])], true);
+        let planes = pooled.dims()[1];
+        // A 1×1 map resized with align_corners is that value everywhere.
+        parts.push(pooled.expand([batch, planes, h, w]));
+        self.fuse.forward(parts, true)
+    }
+}
+
+/// torchvision's modulated deformable convolution as upstream's `DeformableConv2d` drives
+/// it: offsets from one convolution, a modulation mask `2·sigmoid` of another, batch norm
+/// folded into the sampled convolution's weights.
+#[derive(Debug)]
+struct DeformableConv {
+    offset: Conv,
+    modulator: Conv,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+}
+
+impl DeformableConv {
+    fn load(
+        loader: &mut Loader,
+        prefix: &str,
+        in_channels: usize,
+        kernel: usize,
+        planes: usize,
+    ) -> Result<Self> {
+        let conv = format!("{prefix}.atrous_conv");
+        let taps = kernel * kernel;
+        let offset = loader.conv(
+            &format!("{conv}.offset_conv"),
+            in_channels,
+            kernel,
+            Some(2 * taps),
+            true,
+        )?;
+        let modulator = loader.conv(
+            &format!("{conv}.modulator_conv"),
+            in_channels,
+            kernel,
+            Some(taps),
+            true,
+        )?;
+        let sampled = loader.conv_bn_weights(
+            &format!("{conv}.regular_conv"),
+            &format!("{prefix}.bn"),
+            in_channels,
+            kernel,
+            planes,
+            false,
+        )?;
+        Ok(Self {
+            offset,
+            modulator,
+            weight: Tensor::from_data(
+                TensorData::new(sampled.weight, sampled.shape),
+                loader.device,
+            ),
+            bias: Tensor::from_data(TensorData::new(sampled.bias, [planes]), loader.device),
+        })
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let kernel = self.weight.dims()[2];
+        let offset = self.offset.forward(vec![x.clone()], false);
+        let mask = sigmoid(self.modulator.forward(vec![x.clone()], false)) * 2.0;
+        let pad = kernel / 2;
+        let options = DeformConvOptions::new([1, 1], [pad, pad], [1, 1], 1, 1);
+        deform_conv2d(
+            x,
+            offset,
+            self.weight.clone(),
+            Some(mask),
+            Some(self.bias.clone()),
+            options,
+        )
+    }
+}
+
+/// Bilinear resize with `align_corners=True`, as every resize in upstream's BiRefNet.
+fn resize(x: Tensor<4>, [h, w]: [usize; 2]) -> Tensor<4> {
+    let [_, _, xh, xw] = x.dims();
+    if (xh, xw) == (h, w) {
+        return x;
+    }
+    let options = InterpolateOptions::new(InterpolateMode::Bilinear)
+        .with_align_corners(true)
+        .with_output_size([h, w]);
+    interpolate(x, options)
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading
+
+/// Takes tensors from the state dict onto the device, checking each one's shape.
+struct Loader<'a> {
+    state: &'a mut StateDict,
+    device: &'a Device,
+    on_flex: bool,
+}
+
+impl Loader<'_> {
+    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        let values = self.state.take(name, &shape)?;
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape),
+            self.device,
+        ))
+    }
+
+    fn dims<const D: usize>(&self, name: &str) -> Result<[usize; D]> {
+        let shape = self.state.shape(name)?;
+        shape.clone().try_into().map_err(|_| {
+            let mut expected = shape.clone();
+            expected.resize(D, 0);
+            self.shape_problem(name, shape, expected)
+        })
+    }
+
+    /// The output channels of convolution weight `name`.
+    fn out_channels(&self, name: &str) -> Result<usize> {
+        Ok(self.dims::<4>(name)?[0])
+    }
+
+    fn shape_problem(&self, name: &str, found: Vec<usize>, expected: Vec<usize>) -> crate::Error {
+        self.state
+            .problem(name, TensorProblem::Shape { found, expected })
+    }
+
+    /// A "same"-padded stride-1 convolution `prefix.weight` (and `prefix.bias`).
+    fn conv(
+        &mut self,
+        prefix: &str,
+        in_channels: usize,
+        kernel: usize,
+        out: Option<usize>,
+        with_bias: bool,
+    ) -> Result<Conv> {
+        let out = match out {
+            Some(out) => out,
+            None => self.out_channels(&format!("{prefix}.weight"))?,
+        };
+        let shape = [out, in_channels, kernel, kernel];
+        let weight = self.state.take(&format!("{prefix}.weight"), &shape)?;
+        let bias = match with_bias {
+            true => self.state.take(&format!("{prefix}.bias"), &[out])?,
+            false => vec![0.0; out],
+        };
+        Ok(self.same_conv(ConvWeights {
+            shape,
+            weight,
+            bias,
+            stride: 1,
+            dilation: 1,
+            padding: kernel / 2,
+        }))
+    }
+
+    /// A convolution followed by batch norm `bn`, folded into one.
+    fn conv_bn(
+        &mut self,
+        conv: &str,
+        bn: &str,
+        in_channels: usize,
+        kernel: usize,
+        out: usize,
+        with_bias: bool,
+    ) -> Result<Conv> {
+        let weights = self.conv_bn_weights(conv, bn, in_channels, kernel, out, with_bias)?;
+        Ok(self.same_conv(weights))
+    }
+
+    fn conv_bn_weights(
+        &mut self,
+        conv: &str,
+        bn: &str,
+        in_channels: usize,
+        kernel: usize,
+        out: usize,
+        with_bias: bool,
+    ) -> Result<ConvWeights> {
+        let shape = [out, in_channels, kernel, kernel];
+        let mut weight = self.state.take(&format!("{conv}.weight"), &shape)?;
+        let mut bias = match with_bias {
+            true => self.state.take(&format!("{conv}.bias"), &[out])?,
+            false => vec![0.0; out],
+        };
+        // A model trained with batch size 1 has `nn.Identity` where the others have batch
+        // norm (upstream: `BatchNorm2d(...) if config.batch_size > 1 else nn.Identity()`).
+        if !self.state.contains(&format!("{bn}.weight")) {
+            return Ok(ConvWeights {
+                shape,
+                weight,
+                bias,
+                stride: 1,
+                dilation: 1,
+                padding: kernel / 2,
+            });
+        }
+        let gamma = self.state.take(&format!("{bn}.weight"), &[out])?;
+        let beta = self.state.take(&format!("{bn}.bias"), &[out])?;
+        let mean = self.state.take(&format!("{bn}.running_mean"), &[out])?;
+        let var = self.state.take(&format!("{bn}.running_var"), &[out])?;
+        let per_output = weight.len() / out;
+        for o in 0..out {
+            let scale = gamma[o] / (var[o] + BATCH_NORM_EPS).sqrt();
+            for v in &mut weight[o * per_output..(o + 1) * per_output] {
+                *v *= scale;
+            }
+            bias[o] = (bias[o] - mean[o]) * scale + beta[o];
+        }
+        Ok(ConvWeights {
+            shape,
+            weight,
+            bias,
+            stride: 1,
+            dilation: 1,
+            padding: kernel / 2,
+        })
+    }
+
+    fn same_conv(&self, weights: ConvWeights) -> Conv {
+        Conv::new(weights, self.device, self.on_flex)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_position_index_matches_upstreams_formula() {
+        // Upstream, window 2: coords (0,0) (0,1) (1,0) (1,1); index = (dy+1)·3 + (dx+1).
+        assert_eq!(
+            relative_position_index(2),
+            vec![4, 3, 1, 0, 5, 4, 2, 1, 7, 6, 4, 3, 8, 7, 5, 4]
+        );
+    }
+
+    #[test]
+    fn shifted_window_mask_separates_wrapped_regions() {
+        // One 4×4 image, window 2, shift 1: the bottom-right window holds tokens of four
+        // regions after the shift; the top-left window one.
+        let mask = shifted_window_mask([4, 4], 2, 1, &Device::flex());
+        let values = mask.into_data().try_into_vec::<f32>().unwrap();
+        let window = |i: usize| &values[i * 16..(i + 1) * 16];
+        assert!(window(0).iter().all(|&v| v == 0.0));
+        let last = window(3);
+        for a in 0..4 {
+            for b in 0..4 {
+                let expected = if a == b { 0.0 } else { MASKED };
+                assert_eq!(last[a * 4 + b], expected, "tokens {a}, {b}");
+            }
+        }
+    }
+}
