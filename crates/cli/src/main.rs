@@ -46,6 +46,11 @@ enum Command {
 enum ModelsCommand {
     /// List the models and whether each is present.
     List,
+    /// Download a model ahead of time (resumable, checked against its published md5).
+    Pull {
+        /// A name from `cutout models list`.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +68,9 @@ fn main() -> ExitCode {
         Command::Models {
             command: ModelsCommand::List,
         } => list_models(),
+        Command::Models {
+            command: ModelsCommand::Pull { name },
+        } => pull_model(&name),
     };
     match result {
         Ok(code) => code,
@@ -86,5 +94,28 @@ fn list_models() -> anyhow::Result<ExitCode> {
         println!("{:<18} {:<9} {:<11} {place}", spec.name, size, spec.licence);
     }
     println!("model folders searched: {:?}", model::model_dirs());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pull_model(name: &str) -> anyhow::Result<ExitCode> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let spec = cutout_core::model::spec(name)?;
+    let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template(
+        "{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )?);
+    bar.set_message(spec.name);
+    let path = cutout_core::model::pull(spec, &mut |done, total| {
+        if let Some(total) = total {
+            bar.set_length(total);
+        }
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "{}: {} (md5 {} checked)",
+        spec.name,
+        path.display(),
+        spec.md5
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -28,6 +28,13 @@ pub enum Error {
         file: String,
         searched: Vec<PathBuf>,
     },
+    #[error("{file}: {kind} is {found}, expected {expected} (the download was removed)")]
+    ChecksumMismatch {
+        file: String,
+        kind: &'static str,
+        found: String,
+        expected: String,
+    },
     #[error("model download failed: {0}")]
     Download(String),
     #[error("no usable GPU adapter: {0}")]

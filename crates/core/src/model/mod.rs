@@ -3,6 +3,7 @@
 pub mod birefnet;
 pub mod cpu_conv;
 pub mod cpu_resample;
+pub mod download;
 pub mod isnet;
 pub mod onnx;
 pub mod rsu;
@@ -267,38 +268,47 @@ pub fn load_bytes(spec: &ModelSpec, allow_download: bool) -> Result<Vec<u8>> {
 }
 
 fn verify_md5(spec: &ModelSpec, bytes: &[u8]) -> Result<()> {
-    let digest = Md5::digest(bytes);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    if hex != spec.md5 {
-        return Err(Error::InvalidModel(format!(
-            "{} has md5 {hex}, expected {}",
-            spec.file, spec.md5
-        )));
+    let found = download::hex(&Md5::digest(bytes));
+    if found != spec.md5 {
+        return Err(Error::ChecksumMismatch {
+            file: spec.file.to_string(),
+            kind: "md5",
+            found,
+            expected: spec.md5.to_string(),
+        });
     }
     Ok(())
 }
 
 fn download(spec: &ModelSpec) -> Result<Vec<u8>> {
+    let path = pull(spec, &mut |_, _| {})?;
+    Ok(std::fs::read(path)?)
+}
+
+/// Fetches the model's file into the first model folder (resuming a partial download,
+/// retrying, checking the published md5) unless a checked copy is already there; `progress`
+/// hears bytes done and the total. Returns the file's path.
+pub fn pull(spec: &ModelSpec, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<PathBuf> {
+    if let Availability::File(path) = availability(spec) {
+        verify_md5(spec, &std::fs::read(&path)?)?;
+        return Ok(path);
+    }
     let dir = model_dirs()
         .into_iter()
         .next()
         .ok_or_else(|| Error::Download("no model folder (set CUTOUT_MODELS or HOME)".into()))?;
+    let destination = dir.join(spec.file);
     log::info!("downloading {} from {}", spec.name, spec.url);
-    let mut response = ureq::get(spec.url)
-        .call()
-        .map_err(|e| Error::Download(format!("{}: {e}", spec.url)))?;
-    let bytes = response
-        .body_mut()
-        .with_config()
-        .limit(1 << 30)
-        .read_to_vec()
-        .map_err(|e| Error::Download(format!("{}: {e}", spec.url)))?;
-    verify_md5(spec, &bytes)?;
-    std::fs::create_dir_all(&dir)?;
-    let partial = dir.join(format!("{}.partial", spec.file));
-    std::fs::write(&partial, &bytes)?;
-    std::fs::rename(&partial, dir.join(spec.file))?;
-    Ok(bytes)
+    download::Fetch {
+        url: spec.url,
+        destination: &destination,
+        checksum: download::Checksum::Md5(spec.md5.to_string()),
+        attempts: 5,
+        retry_delay: std::time::Duration::from_secs(2),
+        progress,
+    }
+    .run()?;
+    Ok(destination)
 }
 
 /// The largest input (pixels per image) whose batches run side by side on the CPU.
