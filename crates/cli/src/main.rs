@@ -46,10 +46,15 @@ enum Command {
 enum ModelsCommand {
     /// List the models and whether each is present.
     List,
-    /// Download a model ahead of time (resumable, checked against its published md5).
+    /// Download a model ahead of time (resumable; checked against its published md5, or by
+    /// loading it where none is published).
     Pull {
         /// A name from `cutout models list`.
         name: String,
+        /// The sha256 the file must have, for models whose source publishes no checksum
+        /// (the BiRefNet weights on the Hugging Face hub); printed after a first download.
+        #[arg(long)]
+        sha256: Option<String>,
     },
 }
 
@@ -69,8 +74,8 @@ fn main() -> ExitCode {
             command: ModelsCommand::List,
         } => list_models(),
         Command::Models {
-            command: ModelsCommand::Pull { name },
-        } => pull_model(&name),
+            command: ModelsCommand::Pull { name, sha256 },
+        } => pull_model(&name, sha256.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -83,7 +88,10 @@ fn main() -> ExitCode {
 
 fn list_models() -> anyhow::Result<ExitCode> {
     use cutout_core::model::{self, Availability};
-    println!("{:<18} {:<9} {:<11} where", "model", "input", "licence");
+    println!(
+        "{:<20} {:<10} {:>7} {:<11} where",
+        "model", "input", "size", "licence"
+    );
     for spec in model::MODELS {
         let place = match model::availability(spec) {
             Availability::Embedded => "embedded (default)".to_string(),
@@ -91,31 +99,35 @@ fn list_models() -> anyhow::Result<ExitCode> {
             Availability::Missing => format!("missing (downloads from {})", spec.url),
         };
         let size = format!("{0}x{0}", spec.input_size);
-        println!("{:<18} {:<9} {:<11} {place}", spec.name, size, spec.licence);
+        let megabytes = format!("{} MB", spec.megabytes);
+        println!(
+            "{:<20} {:<10} {megabytes:>7} {:<11} {place}",
+            spec.name, size, spec.licence
+        );
     }
     println!("model folders searched: {:?}", model::model_dirs());
     Ok(ExitCode::SUCCESS)
 }
 
-fn pull_model(name: &str) -> anyhow::Result<ExitCode> {
+fn pull_model(name: &str, sha256: Option<&str>) -> anyhow::Result<ExitCode> {
     use indicatif::{ProgressBar, ProgressStyle};
     let spec = cutout_core::model::spec(name)?;
     let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template(
         "{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
     )?);
     bar.set_message(spec.name);
-    let path = cutout_core::model::pull(spec, &mut |done, total| {
+    let path = cutout_core::model::pull(spec, sha256, &mut |done, total| {
         if let Some(total) = total {
             bar.set_length(total);
         }
         bar.set_position(done);
     })?;
     bar.finish_and_clear();
-    println!(
-        "{}: {} (md5 {} checked)",
-        spec.name,
-        path.display(),
-        spec.md5
-    );
+    let checked = match (sha256, spec.md5) {
+        (Some(sha256), _) => format!("sha256 {sha256} checked"),
+        (None, "") => "every tensor checked; no checksum published".to_string(),
+        (None, md5) => format!("md5 {md5} checked"),
+    };
+    println!("{}: {} ({checked})", spec.name, path.display());
     Ok(ExitCode::SUCCESS)
 }

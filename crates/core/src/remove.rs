@@ -94,7 +94,7 @@ impl Remover {
             Session::from_custom_onnx(&bytes, &device)?
         } else {
             let spec = model::spec(model)?;
-            Session::from_onnx(spec, &model::load_bytes(spec, allow_download)?, &device)?
+            Session::named(spec, allow_download, &device)?
         };
         let name = session.spec.name;
         if model == name {

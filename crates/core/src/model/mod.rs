@@ -71,6 +71,8 @@ pub struct ModelSpec {
     pub md5: &'static str,
     pub url: &'static str,
     pub licence: &'static str,
+    /// Approximate size of the file, for `cutout models list`.
+    pub megabytes: u32,
     pub architecture: Architecture,
     pub input_size: usize,
     pub mean: [f32; 3],
@@ -92,6 +94,30 @@ macro_rules! release_url {
     };
 }
 
+/// A BiRefNet published by its author on the Hugging Face hub as `model.safetensors` (MIT).
+/// The hub publishes no checksum: a download is checked by loading it (every tensor's name
+/// and shape), and its sha256 is printed so a deployment can pin it.
+macro_rules! birefnet_model {
+    ($name:literal, $repository:literal, $megabytes:literal, $input:literal) => {
+        ModelSpec {
+            name: $name,
+            file: concat!($name, ".safetensors"),
+            md5: "",
+            url: concat!(
+                "https://huggingface.co/ZhengPeng7/",
+                $repository,
+                "/resolve/main/model.safetensors"
+            ),
+            licence: "MIT",
+            megabytes: $megabytes,
+            architecture: Architecture::BiRefNet,
+            input_size: $input,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
+    };
+}
+
 pub const MODELS: &[ModelSpec] = &[
     ModelSpec {
         name: "u2netp",
@@ -99,6 +125,7 @@ pub const MODELS: &[ModelSpec] = &[
         md5: "8e83ca70e441ab06c318d82300c84806",
         url: release_url!("u2netp.onnx"),
         licence: "Apache-2.0",
+        megabytes: 5,
         architecture: Architecture::U2Net,
         input_size: 320,
         mean: IMAGENET_MEAN,
@@ -110,6 +137,7 @@ pub const MODELS: &[ModelSpec] = &[
         md5: "60024c5c889badc19c04ad937298a77b",
         url: release_url!("u2net.onnx"),
         licence: "Apache-2.0",
+        megabytes: 176,
         architecture: Architecture::U2Net,
         input_size: 320,
         mean: IMAGENET_MEAN,
@@ -121,6 +149,7 @@ pub const MODELS: &[ModelSpec] = &[
         md5: "c09ddc2e0104f800e3e1bb4652583d1f",
         url: release_url!("u2net_human_seg.onnx"),
         licence: "Apache-2.0",
+        megabytes: 176,
         architecture: Architecture::U2Net,
         input_size: 320,
         mean: IMAGENET_MEAN,
@@ -132,6 +161,7 @@ pub const MODELS: &[ModelSpec] = &[
         md5: "55e59e0d8062d2f5d013f4725ee84782",
         url: release_url!("silueta.onnx"),
         licence: "Apache-2.0",
+        megabytes: 43,
         architecture: Architecture::U2Net,
         input_size: 320,
         mean: IMAGENET_MEAN,
@@ -143,11 +173,21 @@ pub const MODELS: &[ModelSpec] = &[
         md5: "fc16ebd8b0c10d971d3513d564d01e29",
         url: release_url!("isnet-general-use.onnx"),
         licence: "Apache-2.0",
+        megabytes: 179,
         architecture: Architecture::IsNet,
         input_size: 1024,
         mean: DIS_MEAN,
         std: DIS_STD,
     },
+    birefnet_model!("birefnet-general", "BiRefNet", 885, 1024),
+    birefnet_model!("birefnet-lite", "BiRefNet_lite", 178, 1024),
+    birefnet_model!("birefnet-portrait", "BiRefNet-portrait", 885, 1024),
+    birefnet_model!("birefnet-matting", "BiRefNet-matting", 885, 1024),
+    birefnet_model!("birefnet-general-2k", "BiRefNet_HR", 885, 2048),
+    birefnet_model!("birefnet-dis", "BiRefNet-DIS5K", 885, 1024),
+    birefnet_model!("birefnet-hrsod", "BiRefNet-HRSOD", 885, 1024),
+    birefnet_model!("birefnet-cod", "BiRefNet-COD", 885, 1024),
+    birefnet_model!("birefnet-massive", "BiRefNet-DIS5K-TR_TEs", 885, 1024),
 ];
 
 pub const DEFAULT_MODEL: &str = "u2netp";
@@ -160,6 +200,7 @@ const CUSTOM_U2NET: ModelSpec = ModelSpec {
     md5: "",
     url: "",
     licence: "the file's own",
+    megabytes: 0,
     architecture: Architecture::U2Net,
     input_size: 320,
     mean: IMAGENET_MEAN,
@@ -171,6 +212,7 @@ const CUSTOM_ISNET: ModelSpec = ModelSpec {
     md5: "",
     url: "",
     licence: "the file's own",
+    megabytes: 0,
     architecture: Architecture::IsNet,
     input_size: 1024,
     mean: DIS_MEAN,
@@ -186,6 +228,7 @@ const CUSTOM_BIREFNET: ModelSpec = ModelSpec {
     md5: "",
     url: "",
     licence: "the file's own",
+    megabytes: 0,
     architecture: Architecture::BiRefNet,
     input_size: 1024,
     mean: IMAGENET_MEAN,
@@ -268,6 +311,9 @@ pub fn load_bytes(spec: &ModelSpec, allow_download: bool) -> Result<Vec<u8>> {
 }
 
 fn verify_md5(spec: &ModelSpec, bytes: &[u8]) -> Result<()> {
+    if spec.md5.is_empty() {
+        return Ok(());
+    }
     let found = download::hex(&Md5::digest(bytes));
     if found != spec.md5 {
         return Err(Error::ChecksumMismatch {
@@ -281,14 +327,20 @@ fn verify_md5(spec: &ModelSpec, bytes: &[u8]) -> Result<()> {
 }
 
 fn download(spec: &ModelSpec) -> Result<Vec<u8>> {
-    let path = pull(spec, &mut |_, _| {})?;
+    let path = pull(spec, None, &mut |_, _| {})?;
     Ok(std::fs::read(path)?)
 }
 
 /// Fetches the model's file into the first model folder (resuming a partial download,
-/// retrying, checking the published md5) unless a checked copy is already there; `progress`
-/// hears bytes done and the total. Returns the file's path.
-pub fn pull(spec: &ModelSpec, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<PathBuf> {
+/// retrying, checking the published md5 or the `sha256` pinned by the caller) unless a copy
+/// is already there; `progress` hears bytes done and the total. A state dict with no
+/// published checksum is checked by loading it (every tensor's name and shape). Returns the
+/// file's path.
+pub fn pull(
+    spec: &ModelSpec,
+    sha256: Option<&str>,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<PathBuf> {
     if let Availability::File(path) = availability(spec) {
         verify_md5(spec, &std::fs::read(&path)?)?;
         return Ok(path);
@@ -298,16 +350,36 @@ pub fn pull(spec: &ModelSpec, progress: &mut dyn FnMut(u64, Option<u64>)) -> Res
         .next()
         .ok_or_else(|| Error::Download("no model folder (set CUTOUT_MODELS or HOME)".into()))?;
     let destination = dir.join(spec.file);
+    let checksum = match (sha256, spec.md5) {
+        (Some(sha256), _) => download::Checksum::Sha256(sha256.to_string()),
+        (None, "") => download::Checksum::Unpublished,
+        (None, md5) => download::Checksum::Md5(md5.to_string()),
+    };
     log::info!("downloading {} from {}", spec.name, spec.url);
-    download::Fetch {
+    let fetched = download::Fetch {
         url: spec.url,
         destination: &destination,
-        checksum: download::Checksum::Md5(spec.md5.to_string()),
+        checksum: checksum.clone(),
         attempts: 5,
         retry_delay: std::time::Duration::from_secs(2),
         progress,
     }
     .run()?;
+    if spec.architecture == Architecture::BiRefNet {
+        let checked = state_dict::StateDict::open(&destination)
+            .and_then(|state| birefnet::BiRefNet::load(state, &Device::flex()));
+        if let Err(error) = checked {
+            std::fs::remove_file(&destination)?;
+            return Err(error);
+        }
+    }
+    if checksum == download::Checksum::Unpublished {
+        log::info!(
+            "{}: sha256 {} (no checksum is published; pin it with --sha256)",
+            destination.display(),
+            fetched.sha256
+        );
+    }
     Ok(destination)
 }
 
@@ -346,9 +418,33 @@ impl Session {
 
     /// A BiRefNet state dict by path (`.safetensors` or a PyTorch checkpoint).
     pub fn from_state_dict(path: &Path, device: &Device) -> Result<Self> {
+        Self::state_dict_as(&CUSTOM_BIREFNET, path, device)
+    }
+
+    fn state_dict_as(spec: &'static ModelSpec, path: &Path, device: &Device) -> Result<Self> {
         let state = state_dict::StateDict::open(path)?;
         let net = birefnet::BiRefNet::load(state, device)?;
-        Self::new(&CUSTOM_BIREFNET, Box::new(net), device)
+        Self::new(spec, Box::new(net), device)
+    }
+
+    /// One of [`MODELS`]: from the model folders, embedded, or (when `allow_download`)
+    /// downloaded and checked.
+    pub fn named(spec: &'static ModelSpec, allow_download: bool, device: &Device) -> Result<Self> {
+        if spec.architecture != Architecture::BiRefNet {
+            return Self::from_onnx(spec, &load_bytes(spec, allow_download)?, device);
+        }
+        let path = match availability(spec) {
+            Availability::File(path) => path,
+            _ if allow_download => pull(spec, None, &mut |_, _| {})?,
+            _ => {
+                return Err(Error::ModelMissing {
+                    name: spec.name.to_string(),
+                    file: spec.file.to_string(),
+                    searched: model_dirs(),
+                });
+            }
+        };
+        Self::state_dict_as(spec, &path, device)
     }
 
     fn new(spec: &'static ModelSpec, net: Box<dyn Network>, device: &Device) -> Result<Self> {
