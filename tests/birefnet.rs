@@ -8,6 +8,8 @@
 
 use std::path::Path;
 
+use sha2::Digest;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use cutout_core::error::{Error, TensorProblem};
 use cutout_core::model::birefnet::BiRefNet;
@@ -244,4 +246,65 @@ fn a_u2net_file_is_not_a_birefnet() {
         error,
         Error::InvalidModel(_) | Error::ModelTensor { .. }
     ));
+}
+
+/// Serves `body` once over loopback HTTP; returns the URL.
+fn serve_once(body: Vec<u8>) -> String {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/model.safetensors",
+        listener.local_addr().unwrap()
+    );
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&body).unwrap();
+    });
+    url
+}
+
+fn download_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cutout-birefnet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn a_downloaded_birefnet_is_checked_by_loading_it() {
+    let spec = cutout_core::model::spec("birefnet-lite").unwrap();
+    let bytes = std::fs::read(fixture("birefnet/birefnet-tiny.safetensors")).unwrap();
+    let dir = download_dir("good");
+    let url = serve_once(bytes.clone());
+    let (path, fetched) =
+        cutout_core::model::fetch_into(spec, &url, &dir, None, &mut |_, _| {}).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    // sha256 of the fixture, as `sha256sum` prints it
+    let expected = cutout_core::model::download::hex(&sha2::Sha256::digest(&bytes));
+    assert_eq!(fetched.sha256, expected);
+}
+
+#[test]
+fn a_downloaded_file_of_another_architecture_is_removed() {
+    let spec = cutout_core::model::spec("birefnet-lite").unwrap();
+    let u2netp = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/u2netp.onnx"));
+    let dir = download_dir("wrong");
+    let url = serve_once(u2netp.unwrap());
+    let error = cutout_core::model::fetch_into(spec, &url, &dir, None, &mut |_, _| {}).unwrap_err();
+    println!("{error}");
+    assert!(
+        matches!(error, Error::InvalidModel(_) | Error::ModelTensor { .. }),
+        "{error:?}"
+    );
+    assert!(!dir.join(spec.file).exists());
+    assert!(!dir.join(format!("{}.partial", spec.file)).exists());
 }

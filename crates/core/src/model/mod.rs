@@ -349,15 +349,28 @@ pub fn pull(
         .into_iter()
         .next()
         .ok_or_else(|| Error::Download("no model folder (set CUTOUT_MODELS or HOME)".into()))?;
+    let (path, _) = fetch_into(spec, spec.url, &dir, sha256, progress)?;
+    Ok(path)
+}
+
+/// Downloads `spec`'s file from `url` into `dir` and checks it as [`pull`] says; returns its
+/// path and digests. (`pull` passes the model table's address; tests a loopback server's.)
+pub fn fetch_into(
+    spec: &ModelSpec,
+    url: &str,
+    dir: &Path,
+    sha256: Option<&str>,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<(PathBuf, download::Fetched)> {
     let destination = dir.join(spec.file);
     let checksum = match (sha256, spec.md5) {
         (Some(sha256), _) => download::Checksum::Sha256(sha256.to_string()),
         (None, "") => download::Checksum::Unpublished,
         (None, md5) => download::Checksum::Md5(md5.to_string()),
     };
-    log::info!("downloading {} from {}", spec.name, spec.url);
+    log::info!("downloading {} from {url}", spec.name);
     let fetched = download::Fetch {
-        url: spec.url,
+        url,
         destination: &destination,
         checksum: checksum.clone(),
         attempts: 5,
@@ -380,7 +393,7 @@ pub fn pull(
             fetched.sha256
         );
     }
-    Ok(destination)
+    Ok((destination, fetched))
 }
 
 /// The largest input (pixels per image) whose batches run side by side on the CPU.
