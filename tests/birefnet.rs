@@ -164,6 +164,16 @@ fn load_error(bytes: Vec<u8>) -> Error {
     BiRefNet::load(state, &Device::flex()).unwrap_err()
 }
 
+/// The error of reading a file (`state`) or of building a BiRefNet from what was read.
+fn read_or_load_error(state: Result<StateDict, Error>) -> Error {
+    let error = match state {
+        Err(error) => error,
+        Ok(state) => BiRefNet::load(state, &Device::flex()).unwrap_err(),
+    };
+    println!("{error}");
+    error
+}
+
 fn problem_of(error: Error) -> (String, TensorProblem) {
     println!("{error}");
     match error {
@@ -223,11 +233,10 @@ fn an_extra_tensor_is_named() {
 fn a_truncated_file_is_an_error() {
     let bytes = std::fs::read(fixture("birefnet/birefnet-tiny.safetensors")).unwrap();
     let truncated = bytes[..bytes.len() / 2].to_vec();
-    let error = match StateDict::from_safetensors_bytes("truncated.safetensors", truncated) {
-        Err(error) => error,
-        Ok(state) => BiRefNet::load(state, &Device::flex()).unwrap_err(),
-    };
-    println!("{error}");
+    let error = read_or_load_error(StateDict::from_safetensors_bytes(
+        "truncated.safetensors",
+        truncated,
+    ));
     assert!(matches!(
         error,
         Error::InvalidModel(_) | Error::ModelTensor { .. }
@@ -237,11 +246,7 @@ fn a_truncated_file_is_an_error() {
 #[test]
 fn a_u2net_file_is_not_a_birefnet() {
     let u2netp = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/u2netp.onnx");
-    let error = match StateDict::open(&u2netp) {
-        Err(error) => error,
-        Ok(state) => BiRefNet::load(state, &Device::flex()).unwrap_err(),
-    };
-    println!("{error}");
+    let error = read_or_load_error(StateDict::open(&u2netp));
     assert!(matches!(
         error,
         Error::InvalidModel(_) | Error::ModelTensor { .. }

@@ -21,22 +21,29 @@ fn model_input(name: &str) -> Vec<f32> {
     reference_normalize(&rgb, spec.mean, spec.std)
 }
 
-#[test]
-fn raw_output_matches_onnxruntime() {
-    let session = session(&Device::flex());
+/// The session's raw 320² output for the four photos' rembg inputs against onnxruntime's,
+/// stored as 16-bit grey PNGs at `reference(name)`: max abs error ≤ 1e-3.
+fn raw_output_matches(session: &Session, reference: impl Fn(&str) -> std::path::PathBuf) {
     let input: Vec<f32> = PHOTOS.iter().flat_map(|name| model_input(name)).collect();
     let output = session.predict(input, PHOTOS.len(), [320, 320]).unwrap();
     for (name, ours) in PHOTOS.iter().zip(output.chunks_exact(320 * 320)) {
-        let reference: Vec<f32> = image::open(fixture(&format!("images/{name}.u2netp320.png")))
+        let expected: Vec<f32> = image::open(reference(name))
             .unwrap()
             .into_luma16()
             .pixels()
             .map(|p| p.0[0] as f32 / 65535.0)
             .collect();
-        let err = max_abs_diff(ours, &reference);
+        let err = max_abs_diff(ours, &expected);
         println!("{name}: max abs error vs onnxruntime {err:.2e}");
         assert!(err <= 1e-3, "{name}: max abs error {err}");
     }
+}
+
+#[test]
+fn raw_output_matches_onnxruntime() {
+    raw_output_matches(&session(&Device::flex()), |name| {
+        fixture(&format!("images/{name}.u2netp320.png"))
+    });
 }
 
 #[test]
@@ -271,17 +278,5 @@ fn u2net_full_weights_match_onnxruntime() {
     let spec = model::spec("u2net").unwrap();
     let bytes = std::fs::read(dir.join("u2net.onnx")).unwrap();
     let session = Session::from_onnx(spec, &bytes, &Device::flex()).unwrap();
-    let input: Vec<f32> = PHOTOS.iter().flat_map(|name| model_input(name)).collect();
-    let output = session.predict(input, PHOTOS.len(), [320, 320]).unwrap();
-    for (name, ours) in PHOTOS.iter().zip(output.chunks_exact(320 * 320)) {
-        let reference: Vec<f32> = image::open(dir.join(format!("{name}.u2net320.png")))
-            .unwrap()
-            .into_luma16()
-            .pixels()
-            .map(|p| p.0[0] as f32 / 65535.0)
-            .collect();
-        let err = max_abs_diff(ours, &reference);
-        println!("{name}: u2net max abs error vs onnxruntime {err:.2e}");
-        assert!(err <= 1e-3, "{name}: max abs error {err}");
-    }
+    raw_output_matches(&session, |name| dir.join(format!("{name}.u2net320.png")));
 }

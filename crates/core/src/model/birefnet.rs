@@ -1066,20 +1066,8 @@ impl Loader<'_> {
             Some(out) => out,
             None => self.out_channels(&format!("{prefix}.weight"))?,
         };
-        let shape = [out, in_channels, kernel, kernel];
-        let weight = self.state.take(&format!("{prefix}.weight"), &shape)?;
-        let bias = match with_bias {
-            true => self.state.take(&format!("{prefix}.bias"), &[out])?,
-            false => vec![0.0; out],
-        };
-        Ok(self.same_conv(ConvWeights {
-            shape,
-            weight,
-            bias,
-            stride: 1,
-            dilation: 1,
-            padding: kernel / 2,
-        }))
+        let weights = self.conv_weights(prefix, in_channels, kernel, out, with_bias)?;
+        Ok(self.same_conv(weights))
     }
 
     /// A convolution followed by batch norm `bn`, folded into one.
@@ -1096,6 +1084,30 @@ impl Loader<'_> {
         Ok(self.same_conv(weights))
     }
 
+    fn conv_weights(
+        &mut self,
+        prefix: &str,
+        in_channels: usize,
+        kernel: usize,
+        out: usize,
+        with_bias: bool,
+    ) -> Result<ConvWeights> {
+        let shape = [out, in_channels, kernel, kernel];
+        let weight = self.state.take(&format!("{prefix}.weight"), &shape)?;
+        let bias = match with_bias {
+            true => self.state.take(&format!("{prefix}.bias"), &[out])?,
+            false => vec![0.0; out],
+        };
+        Ok(ConvWeights {
+            shape,
+            weight,
+            bias,
+            stride: 1,
+            dilation: 1,
+            padding: kernel / 2,
+        })
+    }
+
     fn conv_bn_weights(
         &mut self,
         conv: &str,
@@ -1105,44 +1117,25 @@ impl Loader<'_> {
         out: usize,
         with_bias: bool,
     ) -> Result<ConvWeights> {
-        let shape = [out, in_channels, kernel, kernel];
-        let mut weight = self.state.take(&format!("{conv}.weight"), &shape)?;
-        let mut bias = match with_bias {
-            true => self.state.take(&format!("{conv}.bias"), &[out])?,
-            false => vec![0.0; out],
-        };
+        let mut weights = self.conv_weights(conv, in_channels, kernel, out, with_bias)?;
         // A model trained with batch size 1 has `nn.Identity` where the others have batch
         // norm (upstream: `BatchNorm2d(...) if config.batch_size > 1 else nn.Identity()`).
         if !self.state.contains(&format!("{bn}.weight")) {
-            return Ok(ConvWeights {
-                shape,
-                weight,
-                bias,
-                stride: 1,
-                dilation: 1,
-                padding: kernel / 2,
-            });
+            return Ok(weights);
         }
         let gamma = self.state.take(&format!("{bn}.weight"), &[out])?;
         let beta = self.state.take(&format!("{bn}.bias"), &[out])?;
         let mean = self.state.take(&format!("{bn}.running_mean"), &[out])?;
         let var = self.state.take(&format!("{bn}.running_var"), &[out])?;
-        let per_output = weight.len() / out;
+        let per_output = weights.weight.len() / out;
         for o in 0..out {
             let scale = gamma[o] / (var[o] + BATCH_NORM_EPS).sqrt();
-            for v in &mut weight[o * per_output..(o + 1) * per_output] {
+            for v in &mut weights.weight[o * per_output..(o + 1) * per_output] {
                 *v *= scale;
             }
-            bias[o] = (bias[o] - mean[o]) * scale + beta[o];
+            weights.bias[o] = (weights.bias[o] - mean[o]) * scale + beta[o];
         }
-        Ok(ConvWeights {
-            shape,
-            weight,
-            bias,
-            stride: 1,
-            dilation: 1,
-            padding: kernel / 2,
-        })
+        Ok(weights)
     }
 
     fn same_conv(&self, weights: ConvWeights) -> Conv {

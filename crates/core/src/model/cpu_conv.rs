@@ -169,7 +169,10 @@ impl PackedConv {
         // reused from L1 by all blocks and taps.
         let out_ptr = SharedOut(out.as_mut_ptr());
         let weights_per_block = in_channels * taps.len() * block;
+        let chunk_weights = CHANNELS_PER_SUM * taps.len() * block;
         (0..batch * height).into_par_iter().for_each(|job| {
+            // The sum of the channel runs after the first (see `CHANNELS_PER_SUM`).
+            let mut part = [0.0f32; MAX_TILE_VALUES];
             let (n, y) = (job / height, job % height);
             let image_in = &padded[n * in_channels * plane..][..in_channels * plane];
             for x0 in (0..width).step_by(tile_width) {
@@ -178,8 +181,6 @@ impl PackedConv {
                 assert!(input.len() >= reach, "tiles read inside the padded input");
                 for (b, weights) in self.weights.chunks_exact(weights_per_block).enumerate() {
                     let mut tile = [0.0f32; MAX_TILE_VALUES];
-                    let mut part = [0.0f32; MAX_TILE_VALUES];
-                    let chunk_weights = CHANNELS_PER_SUM * taps.len() * block;
                     for (chunk, weights) in weights.chunks(chunk_weights).enumerate() {
                         let input = &input[chunk * CHANNELS_PER_SUM * plane..];
                         let sum = if chunk == 0 { &mut tile } else { &mut part };

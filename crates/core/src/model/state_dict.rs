@@ -91,42 +91,22 @@ impl StateDict {
 
     /// Tensor `name` as f32 (converted from f16/bf16), which must have exactly `shape`.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let found = self.shape(name)?;
-        if found != shape {
-            return Err(self.problem(
-                name,
-                TensorProblem::Shape {
-                    found,
-                    expected: shape.to_vec(),
-                },
-            ));
+        let data = self.data_shaped(name, shape)?;
+        if !matches!(
+            data.dtype(),
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64
+        ) {
+            return Err(self.problem(name, TensorProblem::DType(format!("{:?}", data.dtype()))));
         }
-        let data = self.data(name)?;
-        let values = match data.dtype() {
-            DType::F32 | DType::F16 | DType::BF16 | DType::F64 => data.convert::<f32>(),
-            other => {
-                return Err(self.problem(name, TensorProblem::DType(format!("{other:?}"))));
-            }
-        };
         self.taken.insert(name.to_string());
-        values
+        data.convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|e| self.problem(name, TensorProblem::Unreadable(format!("{e:?}"))))
     }
 
     /// An integer tensor (an index buffer), which must have exactly `shape`.
     pub fn take_indices(&mut self, name: &str, shape: &[usize]) -> Result<Vec<i64>> {
-        let found = self.shape(name)?;
-        if found != shape {
-            return Err(self.problem(
-                name,
-                TensorProblem::Shape {
-                    found,
-                    expected: shape.to_vec(),
-                },
-            ));
-        }
-        let data = self.data(name)?;
+        let data = self.data_shaped(name, shape)?;
         if !matches!(data.dtype(), DType::I64 | DType::I32) {
             return Err(self.problem(name, TensorProblem::DType(format!("{:?}", data.dtype()))));
         }
@@ -134,6 +114,21 @@ impl StateDict {
         data.convert::<i64>()
             .try_into_vec::<i64>()
             .map_err(|e| self.problem(name, TensorProblem::Unreadable(format!("{e:?}"))))
+    }
+
+    /// Tensor `name`'s data, which must have exactly `shape`.
+    fn data_shaped(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
+        let found = self.shape(name)?;
+        if found != shape {
+            return Err(self.problem(
+                name,
+                TensorProblem::Shape {
+                    found,
+                    expected: shape.to_vec(),
+                },
+            ));
+        }
+        self.data(name)
     }
 
     fn data(&self, name: &str) -> Result<TensorData> {
