@@ -46,9 +46,30 @@ impl Kernel {
 
     /// Every kernel this CPU can run.
     pub fn available() -> Vec<Self> {
-        let all = [Self::Avx512, Self::Avx2, Self::Portable];
-        let best = all.iter().position(|k| *k == Self::detect()).unwrap_or(2);
-        all[best..].to_vec()
+        [Self::Avx512, Self::Avx2, Self::Portable]
+            .into_iter()
+            .filter(|k| k.is_supported())
+            .collect()
+    }
+
+    /// Whether this CPU has the instructions the kernel is compiled with (its
+    /// `target_feature`s below).
+    fn is_supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Self::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                Self::Avx2 => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+                Self::Portable => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Self::Portable
+        }
     }
 
     fn block(self) -> usize {
@@ -96,15 +117,22 @@ impl PackedConv {
     /// `weight` is `[out, in, size, size]` (ONNX / PyTorch order), `bias` one per output.
     pub fn new(weight: &[f32], shape: [usize; 4], bias: &[f32], dilation: usize) -> Self {
         Self::for_kernel(Kernel::detect(), weight, shape, bias, dilation)
+            .expect("the detected kernel is supported")
     }
 
+    /// As [`PackedConv::new`] with a kernel of the caller's choice (tests and benches compare
+    /// them); `None` when this CPU lacks the kernel's instructions, since running it would be
+    /// undefined behaviour.
     pub fn for_kernel(
         kernel: Kernel,
         weight: &[f32],
         shape: [usize; 4],
         bias: &[f32],
         dilation: usize,
-    ) -> Self {
+    ) -> Option<Self> {
+        if !kernel.is_supported() {
+            return None;
+        }
         let [out_channels, in_channels, size, size_w] = shape;
         assert_eq!(size, size_w, "square kernels");
         assert_eq!(weight.len(), shape.iter().product::<usize>());
@@ -122,7 +150,7 @@ impl PackedConv {
                 }
             }
         }
-        Self {
+        Some(Self {
             kernel,
             in_channels,
             out_channels,
@@ -130,7 +158,7 @@ impl PackedConv {
             dilation,
             weights,
             bias: bias.to_vec(),
-        }
+        })
     }
 
     pub fn out_channels(&self) -> usize {
@@ -255,7 +283,12 @@ impl PackedConv {
 /// The output buffer, shared by jobs that write disjoint rows of it.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
+// SAFETY: the pointer is only dereferenced through `uninit`, whose callers (the jobs of one
+// `forward`) write disjoint ranges of a buffer that outlives them: `forward` owns it and
+// joins every job before reading it, so sending or sharing the pointer across the rayon
+// threads creates no aliasing and no dangling access.
 unsafe impl Send for SharedOut {}
+// SAFETY: as for `Send`: shared references only copy the pointer; writes stay disjoint.
 unsafe impl Sync for SharedOut {}
 impl SharedOut {
     /// `len` values from `i` on, to be written.
@@ -478,7 +511,8 @@ mod tests {
         }
         let weight = values(cout * total_in * k * k, 3);
         let bias = values(cout, 5);
-        let conv = PackedConv::for_kernel(kernel, &weight, [cout, total_in, k, k], &bias, d);
+        let conv =
+            PackedConv::for_kernel(kernel, &weight, [cout, total_in, k, k], &bias, d).unwrap();
         let planes: Vec<Planes> = parts
             .iter()
             .zip(&cin)
@@ -525,5 +559,13 @@ mod tests {
     fn the_detected_kernel_is_available() {
         assert_eq!(Kernel::available()[0], Kernel::detect());
         assert_eq!(Kernel::available().last(), Some(&Kernel::Portable));
+    }
+
+    #[test]
+    fn a_kernel_this_cpu_lacks_is_refused() {
+        for kernel in [Kernel::Avx512, Kernel::Avx2, Kernel::Portable] {
+            let packed = PackedConv::for_kernel(kernel, &[1.0], [1, 1, 1, 1], &[0.0], 1);
+            assert_eq!(packed.is_some(), Kernel::available().contains(&kernel));
+        }
     }
 }
