@@ -15,11 +15,11 @@ options = ort.SessionOptions()
 session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 ref = load_file(reference)
 x = ref["input"]
-(logits,) = session.run(None, {"input": x})
+(logits,) = session.run(None, {"input_image": x})
 print(f"onnxruntime vs PyTorch logits: max abs difference {abs(logits - ref['logits']).max():.2e}")
 times = []
 for _ in range(runs):
     start = time.perf_counter()
-    session.run(None, {"input": x})
+    session.run(None, {"input_image": x})
     times.append(time.perf_counter() - start)
 print(f"onnxruntime {ort.__version__}: median {statistics.median(times):.2f} s over {runs} warm runs")

@@ -44,29 +44,27 @@ def patch_exporter():
     exporter.register_deform_conv2d_onnx_op()
 
 
-class LastPrediction(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x)[-1]
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--upstream", required=True)
     parser.add_argument("dir")
-    parser.add_argument("backbone", choices=["swin_v1_t", "swin_v1_l"])
+    parser.add_argument("backbone", choices=["tiny", "swin_v1_t", "swin_v1_l"])
+    parser.add_argument("--side", type=int,
+                        help="trace at this input size instead of the reference input's (the "
+                             "weights are the same; the graph's constants shrink with it)")
     args = parser.parse_args()
     out = os.path.abspath(args.dir)
     stem = os.path.join(out, f"birefnet-{args.backbone}")
     model = fixture.build(os.path.abspath(args.upstream), args.backbone)
     model.load_state_dict(load_file(f"{stem}.safetensors"))
     x = load_file(f"{stem}.reference.safetensors")["input"]
+    if args.side:
+        x = torch.nn.functional.interpolate(x, size=(args.side, args.side), mode="bilinear")
     patch_exporter()
-    torch.onnx.export(LastPrediction(model), x, f"{stem}.onnx", opset_version=17, dynamo=False,
-                      input_names=["input"], output_names=["logits"])
+    # As upstream's notebook exports it (and so rembg's files): the model itself, whose
+    # eval-mode forward returns the last prediction alone, under the notebook's names.
+    torch.onnx.export(model, x, f"{stem}.onnx", opset_version=17, dynamo=False,
+                      input_names=["input_image"], output_names=["output_image"])
     print(f"wrote {stem}.onnx")
 
 

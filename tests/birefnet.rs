@@ -85,37 +85,91 @@ fn error_against(reference: &mut StateDict, name: &str, ours: Vec<f32>) -> (f32,
 /// The backbone's stages must match PyTorch to 1e-4. The logits are compared with the
 /// network computed in float64: at real widths random weights amplify rounding through the
 /// decoder's deformable sampling, so float32 results, PyTorch's included, stray from the
-/// exact ones by up to ~0.05. cutout's may stray by at most `FULL_MARGIN` times PyTorch's.
+/// exact ones by up to ~0.1. cutout's may stray by at most `FULL_MARGIN` times PyTorch's, in
+/// mean and in 99.9th percentile (`ErrorSpread`).
+///
+/// When the folder also holds the model's ONNX export (`benches/export_birefnet.py`, as
+/// rembg's files are made), the same checks run on the weights read back from it.
 fn full_configuration(file_stem: &str) {
     let dir = std::path::PathBuf::from(std::env::var("CUTOUT_BIREFNET_FULL").unwrap());
+    let state = StateDict::open(&dir.join(format!("{file_stem}.safetensors"))).unwrap();
+    full_configuration_matches(&dir, file_stem, state);
+    let onnx = dir.join(format!("{file_stem}.onnx"));
+    if onnx.exists() {
+        let bytes = std::fs::read(&onnx).unwrap();
+        let state = StateDict::from_onnx(&onnx.display().to_string(), bytes).unwrap();
+        full_configuration_matches(&dir, file_stem, state);
+    }
+}
+
+fn full_configuration_matches(dir: &Path, file_stem: &str, state: StateDict) {
     let device = Device::flex();
     let start = std::time::Instant::now();
-    let state = StateDict::open(&dir.join(format!("{file_stem}.safetensors"))).unwrap();
+    let file = state.file().to_string();
     let model = BiRefNet::load(state, &device).unwrap();
-    println!("{file_stem}: loaded in {:?}", start.elapsed());
+    println!("{file}: loaded in {:?}", start.elapsed());
     let mut reference =
         StateDict::open(&dir.join(format!("{file_stem}.reference.safetensors"))).unwrap();
-    let pytorch = reference.take("pytorch_f32_error", &[2]).unwrap();
-    println!(
-        "PyTorch float32 vs float64: max {:.2e}, mean {:.2e}",
-        pytorch[0], pytorch[1]
-    );
+    let shape = reference.shape("logits_f64").unwrap();
+    let exact = reference.take("logits_f64", &shape).unwrap();
+    let pytorch = reference.take("logits", &shape).unwrap();
+    let pytorch_error = ErrorSpread::of(&pytorch, &exact);
+    println!("PyTorch float32 vs float64: {pytorch_error}");
     for (name, ours) in run_on_reference_input(&model, &mut reference, 1024, &device) {
         if name == "logits" {
-            error_against(&mut reference, "logits", ours.clone());
-            let (max, mean) = error_against(&mut reference, "logits_f64", ours);
+            let ours = ErrorSpread::of(&ours, &exact);
+            println!("cutout vs float64:          {ours}");
             assert!(
-                max <= FULL_MARGIN * pytorch[0],
-                "logits: max abs error {max} vs float64"
+                ours.mean <= FULL_MARGIN * pytorch_error.mean,
+                "logits: mean abs error {} vs float64",
+                ours.mean
             );
             assert!(
-                mean <= FULL_MARGIN * pytorch[1],
-                "logits: mean abs error {mean} vs float64"
+                ours.p999 <= FULL_MARGIN * pytorch_error.p999,
+                "logits: 99.9th percentile abs error {} vs float64",
+                ours.p999
             );
         } else {
             let (max, _) = error_against(&mut reference, &name, ours);
             assert!(max <= TOLERANCE, "{name}: max abs error {max} vs PyTorch");
         }
+    }
+}
+
+/// How far float32 logits are from the float64 ones. The few largest errors are pixels where
+/// rounding moved a deformable sampling point across a pixel boundary: which pixels do
+/// depends on the order of every sum, so the maximum measures luck (PyTorch's own and
+/// cutout's maxima trade places from one random model to the next). The mean and the 99.9th
+/// percentile measure the implementation.
+struct ErrorSpread {
+    mean: f32,
+    p999: f32,
+    max: f32,
+}
+
+impl ErrorSpread {
+    fn of(values: &[f32], exact: &[f32]) -> Self {
+        let mut errors: Vec<f32> = values
+            .iter()
+            .zip(exact)
+            .map(|(v, e)| (v - e).abs())
+            .collect();
+        errors.sort_by(f32::total_cmp);
+        Self {
+            mean: errors.iter().sum::<f32>() / errors.len() as f32,
+            p999: errors[errors.len() * 999 / 1000],
+            max: errors[errors.len() - 1],
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorSpread {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let Self { mean, p999, max } = self;
+        write!(
+            f,
+            "mean {mean:.2e}, 99.9th percentile {p999:.2e}, max {max:.2e}"
+        )
     }
 }
 
@@ -141,6 +195,136 @@ fn tiny_birefnet_matches_pytorch_on_flex() {
 #[test]
 fn tiny_birefnet_matches_pytorch_on_wgpu() {
     matches_pytorch(&gpu().burn_device);
+}
+
+// ---------------------------------------------------------------------------------------
+// The ONNX export (rembg's format): the same fixture exported by upstream's notebook's recipe
+// (benches/export_birefnet.py tiny --side 64), its state dict recovered from the graph.
+
+fn tiny_onnx() -> StateDict {
+    let bytes = std::fs::read(fixture("birefnet/birefnet-tiny.onnx")).unwrap();
+    StateDict::from_onnx("birefnet-tiny.onnx", bytes).unwrap()
+}
+
+fn tiny_state_dict() -> StateDict {
+    StateDict::open(&fixture("birefnet/birefnet-tiny.safetensors")).unwrap()
+}
+
+fn take_both(onnx: &mut StateDict, state: &mut StateDict, name: &str) -> (Vec<f32>, Vec<f32>) {
+    let shape = state.shape(name).unwrap();
+    (
+        onnx.take(name, &shape).unwrap(),
+        state.take(name, &shape).unwrap(),
+    )
+}
+
+#[test]
+fn an_onnx_export_gives_back_the_state_dict() {
+    let (mut onnx, mut state) = (tiny_onnx(), tiny_state_dict());
+    // Kept by name; transposed for MatMul (one per backbone stage); gathered by the index;
+    // in a Sequential; a module the backbone's second pass calls again.
+    for name in [
+        "bb.patch_embed.proj.weight",
+        "bb.layers.0.blocks.0.norm1.weight",
+        "bb.layers.0.blocks.0.attn.qkv.weight",
+        "bb.layers.1.blocks.1.mlp.fc2.weight",
+        "bb.layers.2.downsample.reduction.weight",
+        "bb.layers.3.blocks.1.attn.proj.weight",
+        "bb.layers.0.blocks.1.attn.relative_position_bias_table",
+        "bb.layers.3.blocks.0.attn.relative_position_bias_table",
+        "decoder.conv_out1.0.weight",
+    ] {
+        let (recovered, saved) = take_both(&mut onnx, &mut state, name);
+        assert_eq!(recovered, saved, "{name}");
+    }
+}
+
+/// The exporter folds batch norm into the convolution before it: the recovered weights are
+/// those of the folding formula on the state dict's (eps 1e-5, as upstream's BatchNorm2d).
+#[test]
+fn an_onnx_export_has_batch_norm_folded_into_the_convolution() {
+    let (mut onnx, mut state) = (tiny_onnx(), tiny_state_dict());
+    let (conv, bn) = (
+        "decoder.decoder_block1.conv_in",
+        "decoder.decoder_block1.bn_in",
+    );
+    let (folded, weight) = take_both(&mut onnx, &mut state, &format!("{conv}.weight"));
+    let (folded_bias, bias) = take_both(&mut onnx, &mut state, &format!("{conv}.bias"));
+    let out = bias.len();
+    let bn_take =
+        |state: &mut StateDict, what: &str| state.take(&format!("{bn}.{what}"), &[out]).unwrap();
+    let gamma = bn_take(&mut state, "weight");
+    let beta = bn_take(&mut state, "bias");
+    let mean = bn_take(&mut state, "running_mean");
+    let var = bn_take(&mut state, "running_var");
+    assert!(!onnx.contains(&format!("{bn}.weight")));
+    let per_output = weight.len() / out;
+    for o in 0..out {
+        let scale = gamma[o] as f64 / (var[o] as f64 + 1e-5).sqrt();
+        let expected_bias = (bias[o] as f64 - mean[o] as f64) * scale + beta[o] as f64;
+        assert!(
+            (folded_bias[o] as f64 - expected_bias).abs() < 1e-5,
+            "bias {o}"
+        );
+        for i in o * per_output..(o + 1) * per_output {
+            let expected = weight[i] as f64 * scale;
+            assert!((folded[i] as f64 - expected).abs() < 1e-5, "weight {i}");
+        }
+    }
+}
+
+#[test]
+fn a_tiny_birefnet_from_onnx_matches_pytorch() {
+    let device = Device::flex();
+    let model = BiRefNet::load(tiny_onnx(), &device).unwrap();
+    let mut reference =
+        StateDict::open(&fixture("birefnet/birefnet-tiny.reference.safetensors")).unwrap();
+    for (name, ours) in run_on_reference_input(&model, &mut reference, SIDE, &device) {
+        let (max, _) = error_against(&mut reference, &name, ours);
+        assert!(max <= TOLERANCE, "{name}: max abs error {max} vs PyTorch");
+    }
+}
+
+#[test]
+fn an_onnx_file_of_the_users_own_is_recognised_as_birefnet() {
+    let bytes = std::fs::read(fixture("birefnet/birefnet-tiny.onnx")).unwrap();
+    let session = cutout_core::model::Session::from_custom_onnx(bytes, &Device::flex()).unwrap();
+    assert_eq!(session.spec.name, "birefnet_custom");
+    assert_eq!(session.spec.input_size, 1024);
+}
+
+#[test]
+fn a_truncated_onnx_file_is_an_error() {
+    let bytes = std::fs::read(fixture("birefnet/birefnet-tiny.onnx")).unwrap();
+    let truncated = bytes[..bytes.len() / 2].to_vec();
+    let error = read_or_load_error(StateDict::from_onnx("truncated.onnx", truncated));
+    assert!(matches!(error, Error::InvalidModel(_)), "{error:?}");
+}
+
+#[test]
+fn a_u2net_onnx_file_is_not_a_birefnet() {
+    let u2netp = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/u2netp.onnx");
+    let state = StateDict::from_onnx("u2netp.onnx", std::fs::read(u2netp).unwrap());
+    let (tensor, problem) = problem_of(read_or_load_error(state));
+    assert_eq!(problem, TensorProblem::Missing, "{tensor}");
+}
+
+/// rembg publishes an md5 for its BiRefNet exports: a file that does not match is refused and
+/// removed, without being read as a model.
+#[test]
+fn a_downloaded_onnx_birefnet_must_match_rembgs_md5() {
+    let spec = cutout_core::model::spec("birefnet-lite").unwrap();
+    assert!(spec.file.ends_with(".onnx") && !spec.md5.is_empty());
+    let dir = download_dir("md5");
+    let url = serve_once(std::fs::read(fixture("birefnet/birefnet-tiny.onnx")).unwrap());
+    let error = cutout_core::model::fetch_into(spec, &url, &dir, None, &mut |_, _| {}).unwrap_err();
+    println!("{error}");
+    assert!(
+        matches!(error, Error::ChecksumMismatch { kind: "md5", .. }),
+        "{error:?}"
+    );
+    assert!(!dir.join(spec.file).exists());
+    assert!(!dir.join(format!("{}.partial", spec.file)).exists());
 }
 
 /// The fixture's bytes with its safetensors header rewritten by `edit`.
@@ -286,7 +470,8 @@ fn download_dir(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn a_downloaded_birefnet_is_checked_by_loading_it() {
-    let spec = cutout_core::model::spec("birefnet-lite").unwrap();
+    // Published on the hub without a checksum.
+    let spec = cutout_core::model::spec("birefnet-matting").unwrap();
     let bytes = std::fs::read(fixture("birefnet/birefnet-tiny.safetensors")).unwrap();
     let dir = download_dir("good");
     let url = serve_once(bytes.clone());
@@ -300,7 +485,7 @@ fn a_downloaded_birefnet_is_checked_by_loading_it() {
 
 #[test]
 fn a_downloaded_file_of_another_architecture_is_removed() {
-    let spec = cutout_core::model::spec("birefnet-lite").unwrap();
+    let spec = cutout_core::model::spec("birefnet-matting").unwrap();
     let u2netp = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/u2netp.onnx"));
     let dir = download_dir("wrong");
     let url = serve_once(u2netp.unwrap());

@@ -214,8 +214,15 @@ fn test_full() -> anyhow::Result<()> {
 }
 
 /// Rebuilds the reference fixtures with onnxruntime and rembg from PyPI (and, for IS-Net's
-/// graph, an npm package: see make_isnet_fixture.py).
+/// graph, an npm package: see make_isnet_fixture.py). With `BIREFNET_UPSTREAM` naming a
+/// checkout of ZhengPeng7/BiRefNet, also the BiRefNet fixture and its ONNX export, with
+/// PyTorch from PyPI in a venv of its own (`~/.cache/cutout-torch`, several GB).
 fn fixtures() -> anyhow::Result<()> {
+    if let Some(upstream) = std::env::var_os("BIREFNET_UPSTREAM") {
+        birefnet_fixtures(Path::new(&upstream))?;
+    } else {
+        println!("BIREFNET_UPSTREAM is not set: keeping the committed BiRefNet fixture");
+    }
     run(Command::new("python3").args([
         "-m",
         "pip",
@@ -230,4 +237,39 @@ fn fixtures() -> anyhow::Result<()> {
     ]))?;
     run(Command::new("python3").arg("tests/fixtures/make_fixtures.py"))?;
     run(Command::new("python3").arg("tests/fixtures/make_isnet_fixture.py"))
+}
+
+fn birefnet_fixtures(upstream: &Path) -> anyhow::Result<()> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let venv = Path::new(&home).join(".cache/cutout-torch");
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "torch",
+        "torchvision",
+        "timm",
+        "einops",
+        "safetensors",
+        "numpy",
+        "pillow",
+        "onnx",
+        "onnxscript",
+        "onnxruntime==1.31.1",
+        "deform_conv2d_onnx_exporter",
+    ]))?;
+    run(Command::new(&python)
+        .arg("tests/fixtures/make_birefnet_fixture.py")
+        .arg("--upstream")
+        .arg(upstream))?;
+    run(Command::new(&python)
+        .arg("benches/export_birefnet.py")
+        .arg("--upstream")
+        .arg(upstream)
+        .args(["tests/fixtures/birefnet", "tiny", "--side", "64"]))
 }

@@ -22,7 +22,7 @@ pub struct EditArgs {
     #[arg(long)]
     background: Option<PathBuf>,
     /// Segmentation model: a name from `cutout models list`, or the path of an ONNX export of
-    /// U²-Net or IS-Net, or of BiRefNet weights (`.safetensors`, `.pth`).
+    /// U²-Net, IS-Net or BiRefNet, or of BiRefNet weights (`.safetensors`, `.pth`).
     #[arg(long, default_value = cutout_core::model::DEFAULT_MODEL)]
     model: String,
     /// Do not download a missing model.

@@ -89,8 +89,8 @@ fn main() -> ExitCode {
 fn list_models() -> anyhow::Result<ExitCode> {
     use cutout_core::model::{self, Availability};
     println!(
-        "{:<20} {:<10} {:>7} {:<11} where",
-        "model", "input", "size", "licence"
+        "{:<20} {:<10} {:>7} {:<12} {:<11} where",
+        "model", "input", "size", "format", "licence"
     );
     for spec in model::MODELS {
         let place = match model::availability(spec) {
@@ -100,8 +100,9 @@ fn list_models() -> anyhow::Result<ExitCode> {
         };
         let size = format!("{0}x{0}", spec.input_size);
         let megabytes = format!("{} MB", spec.megabytes);
+        let format = spec.file.rsplit('.').next().unwrap_or_default();
         println!(
-            "{:<20} {:<10} {megabytes:>7} {:<11} {place}",
+            "{:<20} {:<10} {megabytes:>7} {format:<12} {:<11} {place}",
             spec.name, size, spec.licence
         );
     }

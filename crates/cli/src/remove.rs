@@ -25,8 +25,8 @@ pub struct RemoveArgs {
     #[arg(long)]
     out_dir: Option<PathBuf>,
     /// Segmentation model: a name from `cutout models list`, or the path of an ONNX export of
-    /// U²-Net or IS-Net (preprocessed like the published models of its architecture), or of
-    /// BiRefNet weights (`.safetensors`, `.pth`).
+    /// U²-Net, IS-Net or BiRefNet (preprocessed like the published models of its
+    /// architecture), or of BiRefNet weights (`.safetensors`, `.pth`).
     #[arg(long, default_value = cutout_core::model::DEFAULT_MODEL)]
     model: String,
     /// Write the mask instead of the cut-out.

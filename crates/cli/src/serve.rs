@@ -14,7 +14,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
     /// Segmentation model: a name from `cutout models list`, or the path of an ONNX export of
-    /// U²-Net or IS-Net, or of BiRefNet weights (`.safetensors`, `.pth`).
+    /// U²-Net, IS-Net or BiRefNet, or of BiRefNet weights (`.safetensors`, `.pth`).
     #[arg(long, default_value = cutout_core::model::DEFAULT_MODEL)]
     model: String,
     /// Most images segmented in one batch.

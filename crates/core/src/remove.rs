@@ -91,7 +91,7 @@ impl Remover {
         } else if model::is_model_file(model) {
             let bytes = std::fs::read(model)
                 .map_err(|e| Error::InvalidModel(format!("reading {model}: {e}")))?;
-            Session::from_custom_onnx(&bytes, &device)?
+            Session::from_custom_onnx(bytes, &device)?
         } else {
             let spec = model::spec(model)?;
             Session::named(spec, allow_download, &device)?

@@ -513,7 +513,7 @@ impl WindowAttention {
 
 /// For each pair of tokens `(i, j)` of a window, the row of the bias table for their offset
 /// (as upstream's `relative_position_index` buffer).
-fn relative_position_index(window: usize) -> Vec<usize> {
+pub(crate) fn relative_position_index(window: usize) -> Vec<usize> {
     let tokens = window * window;
     let mut index = Vec::with_capacity(tokens * tokens);
     for i in 0..tokens {
@@ -1094,8 +1094,11 @@ impl Loader<'_> {
     ) -> Result<ConvWeights> {
         let shape = [out, in_channels, kernel, kernel];
         let weight = self.state.take(&format!("{prefix}.weight"), &shape)?;
-        let bias = match with_bias {
-            true => self.state.take(&format!("{prefix}.bias"), &[out])?,
+        let bias_name = format!("{prefix}.bias");
+        // Batch norm folded in gives a bias even to a convolution that has none of its own.
+        let folded_bias = self.state.batch_norm_folded() && self.state.contains(&bias_name);
+        let bias = match with_bias || folded_bias {
+            true => self.state.take(&bias_name, &[out])?,
             false => vec![0.0; out],
         };
         Ok(ConvWeights {

@@ -94,10 +94,30 @@ macro_rules! release_url {
     };
 }
 
-/// A BiRefNet published by its author on the Hugging Face hub as `model.safetensors` (MIT).
-/// The hub publishes no checksum: a download is checked by loading it (every tensor's name
-/// and shape), and its sha256 is printed so a deployment can pin it.
-macro_rules! birefnet_model {
+/// A BiRefNet as rembg distributes it: upstream's checkpoint exported to ONNX, in rembg's
+/// release folder, with the md5 rembg's session publishes (MIT, as upstream).
+macro_rules! birefnet_onnx {
+    ($name:literal, $file:literal, $md5:literal, $megabytes:literal) => {
+        ModelSpec {
+            name: $name,
+            file: concat!($name, ".onnx"),
+            md5: $md5,
+            url: release_url!($file),
+            licence: "MIT",
+            megabytes: $megabytes,
+            architecture: Architecture::BiRefNet,
+            input_size: 1024,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
+    };
+}
+
+/// A BiRefNet that rembg does not distribute, as its author publishes it on the Hugging Face
+/// hub: `model.safetensors` (MIT). The hub publishes no checksum: a download is checked by
+/// loading it (every tensor's name and shape), and its sha256 is printed so a deployment can
+/// pin it.
+macro_rules! birefnet_hub {
     ($name:literal, $repository:literal, $megabytes:literal, $input:literal) => {
         ModelSpec {
             name: $name,
@@ -179,15 +199,51 @@ pub const MODELS: &[ModelSpec] = &[
         mean: DIS_MEAN,
         std: DIS_STD,
     },
-    birefnet_model!("birefnet-general", "BiRefNet", 885, 1024),
-    birefnet_model!("birefnet-lite", "BiRefNet_lite", 178, 1024),
-    birefnet_model!("birefnet-portrait", "BiRefNet-portrait", 885, 1024),
-    birefnet_model!("birefnet-matting", "BiRefNet-matting", 885, 1024),
-    birefnet_model!("birefnet-general-2k", "BiRefNet_HR", 885, 2048),
-    birefnet_model!("birefnet-dis", "BiRefNet-DIS5K", 885, 1024),
-    birefnet_model!("birefnet-hrsod", "BiRefNet-HRSOD", 885, 1024),
-    birefnet_model!("birefnet-cod", "BiRefNet-COD", 885, 1024),
-    birefnet_model!("birefnet-massive", "BiRefNet-DIS5K-TR_TEs", 885, 1024),
+    // The files and md5s of rembg 2.0.86's sessions (`rembg/sessions/birefnet_*.py`).
+    birefnet_onnx!(
+        "birefnet-general",
+        "BiRefNet-general-epoch_244.onnx",
+        "7a35a0141cbbc80de11d9c9a28f52697",
+        973
+    ),
+    birefnet_onnx!(
+        "birefnet-lite",
+        "BiRefNet-general-bb_swin_v1_tiny-epoch_232.onnx",
+        "4fab47adc4ff364be1713e97b7e66334",
+        224
+    ),
+    birefnet_onnx!(
+        "birefnet-portrait",
+        "BiRefNet-portrait-epoch_150.onnx",
+        "c3a64a6abf20250d090cd055f12a3b67",
+        973
+    ),
+    birefnet_onnx!(
+        "birefnet-dis",
+        "BiRefNet-DIS-epoch_590.onnx",
+        "2d4d44102b446f33a4ebb2e56c051f2b",
+        973
+    ),
+    birefnet_onnx!(
+        "birefnet-hrsod",
+        "BiRefNet-HRSOD_DHU-epoch_115.onnx",
+        "c017ade5de8a50ff0fd74d790d268dda",
+        973
+    ),
+    birefnet_onnx!(
+        "birefnet-cod",
+        "BiRefNet-COD-epoch_125.onnx",
+        "f6d0d21ca89d287f17e7afe9f5fd3b45",
+        973
+    ),
+    birefnet_onnx!(
+        "birefnet-massive",
+        "BiRefNet-massive-TR_DIS5K_TR_TEs-epoch_420.onnx",
+        "33e726a2136a3d59eb0fdf613e31e3e9",
+        973
+    ),
+    birefnet_hub!("birefnet-matting", "BiRefNet-matting", 885, 1024),
+    birefnet_hub!("birefnet-general-2k", "BiRefNet_HR", 885, 2048),
 ];
 
 pub const DEFAULT_MODEL: &str = "u2netp";
@@ -381,9 +437,15 @@ pub fn fetch_into(
         progress,
     }
     .run()?;
-    if spec.architecture == Architecture::BiRefNet {
-        let checked = state_dict::StateDict::open(&destination)
-            .and_then(|state| birefnet::BiRefNet::load(state, &Device::flex()));
+    // Without a checksum, loading it (every tensor's name and shape) is the check.
+    if spec.architecture == Architecture::BiRefNet && checksum == download::Checksum::Unpublished {
+        let checked = match is_state_dict_file(spec.file) {
+            true => state_dict::StateDict::open(&destination),
+            false => std::fs::read(&destination)
+                .map_err(Error::from)
+                .and_then(|bytes| state_dict::StateDict::from_onnx(spec.file, bytes)),
+        }
+        .and_then(|state| birefnet::BiRefNet::load(state, &Device::flex()));
         if let Err(error) = checked {
             std::fs::remove_file(&destination)?;
             return Err(error);
@@ -415,18 +477,43 @@ pub struct Session {
 
 impl Session {
     pub fn from_onnx(spec: &'static ModelSpec, onnx: &[u8], device: &Device) -> Result<Self> {
+        if spec.architecture == Architecture::BiRefNet {
+            return Self::birefnet_onnx(spec, onnx.to_vec(), device);
+        }
         let convs = onnx::read_convolutions(onnx)?;
         Self::new(spec, spec.architecture.build(convs, device)?, device)
     }
 
+    /// A BiRefNet exported to ONNX (rembg's files): its state dict recovered from the graph.
+    fn birefnet_onnx(spec: &'static ModelSpec, onnx: Vec<u8>, device: &Device) -> Result<Self> {
+        let file = match spec.file {
+            "" => spec.name,
+            file => file,
+        };
+        let state = state_dict::StateDict::from_onnx(file, onnx)?;
+        Self::new(
+            spec,
+            Box::new(birefnet::BiRefNet::load(state, device)?),
+            device,
+        )
+    }
+
     /// A model file of the user's own: its architecture is read from the graph, and it is
     /// preprocessed like that architecture's published models.
-    pub fn from_custom_onnx(onnx: &[u8], device: &Device) -> Result<Self> {
-        let convs = onnx::read_convolutions(onnx)?;
+    pub fn from_custom_onnx(onnx: Vec<u8>, device: &Device) -> Result<Self> {
+        let graph = onnx::Graph::parse(&onnx)?;
+        // A BiRefNet export keeps its Swin patch embedding under upstream's name.
+        if graph
+            .initializers
+            .contains_key("bb.patch_embed.proj.weight")
+        {
+            drop(graph);
+            return Self::birefnet_onnx(&CUSTOM_BIREFNET, onnx, device);
+        }
+        let convs = graph.convolutions(&onnx)?;
         let architecture = Architecture::of(&convs);
         let spec = match architecture {
             Architecture::IsNet => &CUSTOM_ISNET,
-            // `Architecture::of` tells only the two ONNX architectures apart.
             Architecture::U2Net | Architecture::BiRefNet => &CUSTOM_U2NET,
         };
         Self::new(spec, architecture.build(convs, device)?, device)
@@ -448,6 +535,9 @@ impl Session {
     pub fn named(spec: &'static ModelSpec, allow_download: bool, device: &Device) -> Result<Self> {
         if spec.architecture != Architecture::BiRefNet {
             return Self::from_onnx(spec, &load_bytes(spec, allow_download)?, device);
+        }
+        if !is_state_dict_file(spec.file) {
+            return Self::birefnet_onnx(spec, load_bytes(spec, allow_download)?, device);
         }
         let path = match availability(spec) {
             Availability::File(path) => path,

@@ -1,8 +1,11 @@
 //! A minimal ONNX reader: just enough of the protobuf wire format to walk a graph's nodes and
 //! read its float initializers. The U²-Net exports rembg distributes have batch-norm folded
-//! into their convolutions, so convolutions (in graph order) are all the model loader needs.
+//! into their convolutions, so convolutions (in graph order) are all their loader needs;
+//! BiRefNet's exports are turned back into a state dict (`StateDict::from_onnx`) from the
+//! graph's nodes and initializers.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use crate::error::{Error, Result};
 
@@ -18,42 +21,163 @@ pub struct ConvWeights {
     pub padding: usize,
 }
 
-/// Reads every `Conv` node of the ONNX model in `bytes`, in graph (execution) order.
-pub fn read_convolutions(bytes: &[u8]) -> Result<Vec<ConvWeights>> {
-    let model = Message::parse(bytes)?;
-    let graph = model
-        .messages(7)
-        .next()
-        .ok_or_else(|| invalid("the file has no graph (is it an ONNX model?)"))??;
+/// One node of the graph: what it computes, from which values.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The exporter's name; `torch.onnx` writes the calling module's scope into it
+    /// (`/decoder/decoder_block1/conv_in/Conv`).
+    pub name: String,
+    pub op: String,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    /// Integer attributes by name (`strides`, `pads`, `group`, …).
+    pub ints: HashMap<String, Vec<i64>>,
+}
 
-    let mut initializers = HashMap::new();
-    for tensor in graph.messages(5) {
-        let tensor = Tensor::parse(&tensor?)?;
-        initializers.insert(tensor.name.clone(), tensor);
+/// A stored tensor, located in the file's bytes but not decoded.
+#[derive(Debug, Clone)]
+pub struct Initializer {
+    pub name: String,
+    pub dims: Vec<usize>,
+    data_type: i64,
+    data: InitializerData,
+}
+
+#[derive(Debug, Clone)]
+enum InitializerData {
+    /// `raw_data`: little-endian values at this range of the file.
+    Raw(Range<usize>),
+    /// `float_data`, already decoded (small tensors some exporters write this way).
+    Floats(Vec<f32>),
+}
+
+impl Initializer {
+    const FLOAT: i64 = 1;
+
+    pub fn is_float(&self) -> bool {
+        self.data_type == Self::FLOAT
     }
 
-    let mut convs = Vec::new();
-    for node in graph.messages(1) {
-        let node = node?;
-        match node.string(4)?.as_str() {
-            "Conv" => {}
-            // Reading convolutions alone is only right when batch-norm was folded into them,
-            // as torch.onnx does when exporting in eval mode.
-            "BatchNormalization" => {
-                return Err(invalid(
-                    "the graph has BatchNormalization nodes; cutout reads exports with \
-                     batch-norm folded into the convolutions (torch.onnx.export in eval mode)",
-                ));
-            }
-            _ => continue,
+    /// The tensor's values; `file` is the whole file the graph was parsed from.
+    pub fn floats(&self, file: &[u8]) -> Result<Vec<f32>> {
+        if !self.is_float() {
+            return Err(invalid(format!(
+                "initializer '{}' is not float32",
+                self.name
+            )));
         }
-        let inputs = node.strings(1)?;
-        let name = node.string(3)?;
-        let get = |index: usize| -> Result<&Tensor> {
-            let input = inputs
+        let data: Vec<f32> = match &self.data {
+            InitializerData::Raw(range) => file
+                .get(range.clone())
+                .ok_or_else(|| invalid("truncated file"))?
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            InitializerData::Floats(values) => values.clone(),
+        };
+        if data.len() != self.dims.iter().product::<usize>() {
+            return Err(invalid(format!(
+                "initializer '{}' has the wrong number of values",
+                self.name
+            )));
+        }
+        Ok(data)
+    }
+}
+
+/// An ONNX model's graph: its nodes in execution order and its stored tensors by name.
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    pub initializers: HashMap<String, Initializer>,
+}
+
+impl Graph {
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let model = Message::parse(bytes)?;
+        let graph = model
+            .messages(7)
+            .next()
+            .ok_or_else(|| invalid("the file has no graph (is it an ONNX model?)"))??;
+
+        let mut initializers = HashMap::new();
+        for tensor in graph.messages(5) {
+            let tensor = tensor?;
+            let name = tensor.string(8)?;
+            let dims = tensor.ints(1)?.into_iter().map(|d| d as usize).collect();
+            let data = match tensor.bytes(9) {
+                // An offset into `bytes`: the slice was cut from it.
+                Some(raw) => {
+                    let start = raw.as_ptr() as usize - bytes.as_ptr() as usize;
+                    InitializerData::Raw(start..start + raw.len())
+                }
+                None => InitializerData::Floats(match tensor.int(2)? {
+                    Initializer::FLOAT => tensor.floats(4)?,
+                    _ => Vec::new(),
+                }),
+            };
+            let initializer = Initializer {
+                name: name.clone(),
+                dims,
+                data_type: tensor.int(2)?,
+                data,
+            };
+            initializers.insert(name, initializer);
+        }
+
+        let mut nodes = Vec::new();
+        for node in graph.messages(1) {
+            let node = node?;
+            let mut ints = HashMap::new();
+            for attribute in node.messages(5) {
+                let attribute = attribute?;
+                let values = match attribute.ints(8)? {
+                    list if list.is_empty() => vec![attribute.int(3)?],
+                    list => list,
+                };
+                ints.insert(attribute.string(1)?, values);
+            }
+            nodes.push(Node {
+                name: node.string(3)?,
+                op: node.string(4)?,
+                inputs: node.strings(1)?,
+                outputs: node.strings(2)?,
+                ints,
+            });
+        }
+        Ok(Self {
+            nodes,
+            initializers,
+        })
+    }
+
+    /// Every `Conv` node's weights, in graph (execution) order; `file` is the parsed bytes.
+    pub fn convolutions(&self, file: &[u8]) -> Result<Vec<ConvWeights>> {
+        let mut convs = Vec::new();
+        for node in &self.nodes {
+            match node.op.as_str() {
+                "Conv" => convs.push(self.convolution(node, file)?),
+                // Reading convolutions alone is only right when batch-norm was folded into
+                // them, as torch.onnx does when exporting in eval mode.
+                "BatchNormalization" => {
+                    return Err(invalid(
+                        "the graph has BatchNormalization nodes; cutout reads exports with \
+                         batch-norm folded into the convolutions (torch.onnx.export in eval mode)",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(convs)
+    }
+
+    fn convolution(&self, node: &Node, file: &[u8]) -> Result<ConvWeights> {
+        let name = &node.name;
+        let get = |index: usize| -> Result<&Initializer> {
+            let input = node
+                .inputs
                 .get(index)
                 .ok_or_else(|| invalid(format!("Conv node '{name}' lacks input {index}")))?;
-            initializers.get(input).ok_or_else(|| {
+            self.initializers.get(input).ok_or_else(|| {
                 invalid(format!(
                     "Conv node '{name}': input '{input}' is not a stored weight"
                 ))
@@ -65,8 +189,8 @@ pub fn read_convolutions(bytes: &[u8]) -> Result<Vec<ConvWeights>> {
             .as_slice()
             .try_into()
             .map_err(|_| invalid(format!("Conv weight '{}' is not 4-D", weight.name)))?;
-        let bias = match inputs.len() {
-            3 => get(2)?.data.clone(),
+        let bias = match node.inputs.len() {
+            3 => get(2)?.floats(file)?,
             _ => vec![0.0; shape[0]],
         };
         if bias.len() != shape[0] {
@@ -74,80 +198,38 @@ pub fn read_convolutions(bytes: &[u8]) -> Result<Vec<ConvWeights>> {
                 "Conv '{name}': bias does not match weight"
             )));
         }
-
-        let mut conv = ConvWeights {
-            shape,
-            weight: weight.data.clone(),
-            bias,
-            stride: 1,
-            dilation: 1,
-            padding: 0,
-        };
-        for attribute in node.messages(5) {
-            let attribute = attribute?;
-            let ints = attribute.ints(8)?;
-            let uniform = |what: &str| -> Result<usize> {
-                match ints.as_slice() {
-                    [first, rest @ ..] if rest.iter().all(|v| v == first) && *first >= 0 => {
-                        Ok(*first as usize)
-                    }
-                    _ => Err(invalid(format!(
-                        "Conv '{name}': non-uniform {what} {ints:?}"
-                    ))),
+        let uniform = |what: &str| -> Result<usize> {
+            match node.ints.get(what).map(Vec::as_slice) {
+                None => Ok(if what == "pads" { 0 } else { 1 }),
+                Some([first, rest @ ..]) if rest.iter().all(|v| v == first) && *first >= 0 => {
+                    Ok(*first as usize)
                 }
-            };
-            match attribute.string(1)?.as_str() {
-                "strides" => conv.stride = uniform("strides")?,
-                "dilations" => conv.dilation = uniform("dilations")?,
-                "pads" => conv.padding = uniform("pads")?,
-                "group" if attribute.int(3)? != 1 => {
-                    return Err(invalid(format!("Conv '{name}': grouped convolution")));
-                }
-                _ => {}
+                Some(ints) => Err(invalid(format!(
+                    "Conv '{name}': non-uniform {what} {ints:?}"
+                ))),
             }
+        };
+        if node.ints.get("group").is_some_and(|g| g != &[1]) {
+            return Err(invalid(format!("Conv '{name}': grouped convolution")));
         }
-        convs.push(conv);
+        Ok(ConvWeights {
+            shape,
+            weight: weight.floats(file)?,
+            bias,
+            stride: uniform("strides")?,
+            dilation: uniform("dilations")?,
+            padding: uniform("pads")?,
+        })
     }
-    Ok(convs)
+}
+
+/// Reads every `Conv` node of the ONNX model in `bytes`, in graph (execution) order.
+pub fn read_convolutions(bytes: &[u8]) -> Result<Vec<ConvWeights>> {
+    Graph::parse(bytes)?.convolutions(bytes)
 }
 
 fn invalid(message: impl Into<String>) -> Error {
     Error::InvalidModel(message.into())
-}
-
-struct Tensor {
-    name: String,
-    dims: Vec<usize>,
-    data: Vec<f32>,
-}
-
-impl Tensor {
-    const FLOAT: i64 = 1;
-
-    fn parse(message: &Message) -> Result<Self> {
-        let name = message.string(8)?;
-        let dims = message
-            .ints(1)?
-            .into_iter()
-            .map(|d| d as usize)
-            .collect::<Vec<_>>();
-        if message.int(2)? != Self::FLOAT {
-            return Err(invalid(format!("initializer '{name}' is not float32")));
-        }
-        let data: Vec<f32> = match message.bytes(9) {
-            Some(raw) => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            None => message.floats(4)?,
-        };
-        if data.len() != dims.iter().product::<usize>() {
-            return Err(invalid(format!(
-                "initializer '{name}' has the wrong number of values"
-            )));
-        }
-        Ok(Self { name, dims, data })
-    }
 }
 
 /// The fields of one protobuf message, undecoded: `(field number, value)`.
