@@ -31,9 +31,10 @@ pub async fn route(state: &State, request: Request<Incoming>) -> Reply {
     };
     let result = match (&method, path.as_str()) {
         (&Method::OPTIONS, _) => Ok(preflight()),
-        (&Method::GET, "/openapi.json") => {
-            Ok(json_reply(StatusCode::OK, crate::openapi::document()))
-        }
+        (&Method::GET, "/openapi.json") => Ok(json_reply(
+            StatusCode::OK,
+            crate::openapi::document(state.model),
+        )),
         (&Method::GET, "/health") => Ok(json_reply(
             StatusCode::OK,
             json!({"status": "ok", "queued": state.queue.in_flight()}),

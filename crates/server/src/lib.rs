@@ -73,6 +73,8 @@ struct State {
     limiter: Option<limit::RateLimiter>,
     queue: queue::JobQueue,
     next_id: AtomicU64,
+    /// The model the queue's editor runs (for the OpenAPI document).
+    model: &'static cutout_core::model::ModelSpec,
 }
 
 /// A running server: its address, and a handle to stop it.
@@ -94,6 +96,7 @@ impl Server {
 pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io::Result<Server> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
+    let model = editor.remover().session().spec;
     let (queue, worker) = queue::JobQueue::start(editor, config.batching.clone());
     let limiter = (config.rate_limit > 0).then(|| limit::RateLimiter::new(config.rate_limit));
     let state = Arc::new(State {
@@ -102,6 +105,7 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
         limiter,
         queue,
         next_id: AtomicU64::new(1),
+        model,
     });
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {

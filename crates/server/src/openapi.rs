@@ -2,6 +2,7 @@
 
 use cutout_core::edit::params::{Kind, Param};
 use cutout_core::edit::{photoroom, removebg, simple};
+use cutout_core::model::ModelSpec;
 use serde_json::{Value, json};
 
 fn schema(kind: Kind) -> Value {
@@ -78,14 +79,28 @@ fn form_body(table: &[Param], json_too: bool) -> Value {
     json!({"required": true, "content": content})
 }
 
-pub fn document() -> Value {
+/// The document for a server whose masks come from `model` (none of the three APIs has a
+/// per-request model parameter: a server runs the one model it was started with).
+pub fn document(model: &ModelSpec) -> Value {
     let account = json!({"get": {"summary": "Account credits", "responses": {"200": {"description": "Credits"}}}});
+    let description = format!(
+        "Self-hosted background removal and product-photo editing, compatible with PhotoRoom \
+         and remove.bg. Masks come from the {} model ({:?}, {}x{} input, licence {}), chosen \
+         when the server starts (`cutout serve --model`).",
+        model.name, model.architecture, model.input_size, model.input_size, model.licence
+    );
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "cutout",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Self-hosted background removal and product-photo editing, compatible with PhotoRoom and remove.bg."
+            "description": description,
+            "x-cutout-model": {
+                "name": model.name,
+                "architecture": format!("{:?}", model.architecture),
+                "inputSize": model.input_size,
+                "licence": model.licence
+            }
         },
         "components": {"securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}},
         "security": [{"apiKey": []}],

@@ -451,6 +451,9 @@ fn openapi_lists_every_parameter_the_parser_accepts() {
         }
     }
     assert!(doc["paths"]["/v1.0/removebg"]["post"].is_object());
+    // The test server runs the default model.
+    assert_eq!(doc["info"]["x-cutout-model"]["name"], "u2netp");
+    assert_eq!(doc["info"]["x-cutout-model"]["inputSize"], 320);
 }
 
 #[test]

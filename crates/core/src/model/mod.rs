@@ -32,7 +32,8 @@ pub trait Network: std::fmt::Debug + Send + Sync {
 pub enum Architecture {
     U2Net,
     IsNet,
-    /// Read from a PyTorch state dict (`.safetensors`, `.pth`), not from ONNX.
+    /// Read from a PyTorch state dict (`.safetensors`, `.pth`), or from an ONNX export
+    /// through the state dict it holds (`StateDict::from_onnx`).
     BiRefNet,
 }
 
