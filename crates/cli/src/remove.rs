@@ -5,7 +5,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Args;
 use cutout_core::decode::{DecodeLimits, decode};
-use cutout_core::encode::{OutputFormat, encode};
+use cutout_core::edit::{Channels, Format};
+use cutout_core::encode::{OutputFormat, encode, encode_result};
 use cutout_core::gpu::Gpu;
 use cutout_core::ops::{CutoutMode, Refinement};
 use cutout_core::remove::Remover;
@@ -110,7 +111,7 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
                     timings += spent;
                     let start = Instant::now();
                     for (job, result) in batch_jobs.into_iter().zip(results) {
-                        if let Err(error) = write_result(job, &result, format) {
+                        if let Err(error) = write_result(job, &result, format, args.only_mask) {
                             fail(job, error);
                         }
                     }
@@ -142,8 +143,20 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_result(job: &Job, result: &RgbaImage, format: OutputFormat) -> anyhow::Result<()> {
-    let encoded = encode(result, format)?;
+/// A mask (`--only-mask`) is written as rembg, remove.bg and PhotoRoom's `channels=alpha`
+/// write it: an 8-bit greyscale PNG (JPEG and WebP are grey RGB).
+fn write_result(
+    job: &Job,
+    result: &RgbaImage,
+    format: OutputFormat,
+    only_mask: bool,
+) -> anyhow::Result<()> {
+    let encoded = match (format, only_mask) {
+        (OutputFormat::Png, true) => {
+            encode_result(result, Format::Png, Channels::Alpha, None)?.bytes
+        }
+        _ => encode(result, format)?,
+    };
     if let Some(parent) = job.output.parent() {
         std::fs::create_dir_all(parent)?;
     }

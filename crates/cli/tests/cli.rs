@@ -111,7 +111,10 @@ fn a_model_file_given_by_path_is_recognised_and_preprocessed_by_its_architecture
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr).to_string();
         assert!(output.status.success(), "{stderr}");
-        (image::open(dir.join(out)).unwrap().into_luma8(), stderr)
+        let mask = image::open(dir.join(out)).unwrap();
+        // An 8-bit greyscale PNG, as rembg and the hosted APIs write masks.
+        assert_eq!(mask.color(), image::ColorType::L8);
+        (mask.into_luma8(), stderr)
     };
     // The default model's own file, given by path, is a U²-Net: same mask as by name.
     let (by_path, _) = mask_with(&repository("models/u2netp.onnx"), "by-path.png");
