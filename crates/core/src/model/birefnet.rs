@@ -121,7 +121,7 @@ impl BiRefNet {
         context.push(levels.pop().expect("four levels"));
         let mut deepest = Tensor::cat(context, 1);
         for block in &self.squeeze {
-            deepest = block.forward(deepest);
+            deepest = block.forward(vec![deepest]);
         }
         levels.push(deepest);
         let logits = self.decoder.forward(x, levels);
@@ -742,7 +742,7 @@ impl Decoder {
         let mut p = levels.pop().expect("four levels");
         for (i, block) in self.blocks.iter().enumerate() {
             let patches = self.inputs[i].forward(image_patches(image.clone(), &p));
-            p = block.forward(Tensor::cat(vec![p, patches], 1));
+            p = block.forward(vec![p, patches]);
             match (self.gradients.get(i), levels.pop()) {
                 (Some((conv, attention)), Some(skip)) => {
                     let gate = sigmoid(
@@ -853,8 +853,9 @@ impl DecoderBlock {
         self.conv_out.out_channels()
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.conv_in.forward(vec![x], true);
+    /// The block on the channel-wise concatenation of `parts`.
+    fn forward(&self, parts: Vec<Tensor<4>>) -> Tensor<4> {
+        let x = self.conv_in.forward(parts, true);
         let x = self.aspp.forward(x);
         self.conv_out.forward(vec![x], false)
     }
@@ -992,16 +993,68 @@ impl DeformableConv {
         let mask = sigmoid(self.modulator.forward(vec![x.clone()], false)) * 2.0;
         let pad = kernel / 2;
         let options = DeformConvOptions::new([1, 1], [pad, pad], [1, 1], 1, 1);
-        deform_conv2d(
+        let bias = Some(self.bias.clone());
+        deform_conv2d_in_slices(
             x,
             offset,
             self.weight.clone(),
-            Some(mask),
-            Some(self.bias.clone()),
+            mask,
+            bias,
             options,
+            MAX_DEFORM_COLUMN_BYTES,
         )
     }
 }
+
+/// burn's `deform_conv2d` builds `[channels·k², batch·h·w]` sampled columns (im2col): 822 MB
+/// for the last decoder block's 7×7 kernel at 1024², more than a wgpu adapter binds as one
+/// buffer (lavapipe fails to allocate it). The offsets and modulation are per tap and shared
+/// by every input channel (one offset group), so the convolution is the sum of the
+/// convolutions of slices of the input channels, each with columns of at most
+/// `max_column_bytes`.
+fn deform_conv2d_in_slices(
+    x: Tensor<4>,
+    offset: Tensor<4>,
+    weight: Tensor<4>,
+    mask: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: DeformConvOptions<2>,
+    max_column_bytes: usize,
+) -> Tensor<4> {
+    let [planes, _, kernel_h, kernel_w] = weight.dims();
+    let [batch, channels, h, w] = x.dims();
+    let [_, _, out_h, out_w] = offset.dims();
+    let column_bytes = channels * kernel_h * kernel_w * batch * out_h * out_w * size_of::<f32>();
+    let slices = column_bytes.div_ceil(max_column_bytes).clamp(1, channels);
+    let step = channels.div_ceil(slices);
+    let mut sum: Option<Tensor<4>> = None;
+    for start in (0..channels).step_by(step) {
+        let end = (start + step).min(channels);
+        let part = deform_conv2d(
+            x.clone().slice([0..batch, start..end, 0..h, 0..w]),
+            offset.clone(),
+            weight
+                .clone()
+                .slice([0..planes, start..end, 0..kernel_h, 0..kernel_w]),
+            Some(mask.clone()),
+            None,
+            options.clone(),
+        );
+        sum = Some(match sum {
+            Some(sum) => sum + part,
+            None => part,
+        });
+    }
+    let sum = sum.expect("at least one input channel");
+    match bias {
+        Some(bias) => sum + bias.reshape([1, planes, 1, 1]),
+        None => sum,
+    }
+}
+
+/// The largest sampled-column buffer one deformable convolution builds at once (see
+/// `deform_conv2d_in_slices`).
+const MAX_DEFORM_COLUMN_BYTES: usize = super::rsu::MAX_BINDING_BYTES;
 
 /// Bilinear resize with `align_corners=True`, as every resize in upstream's BiRefNet.
 fn resize(x: Tensor<4>, [h, w]: [usize; 2]) -> Tensor<4> {
@@ -1149,6 +1202,50 @@ impl Loader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deformable_convolution_in_channel_slices_is_the_whole_one() {
+        use burn::tensor::Distribution;
+        let device = Device::flex();
+        let (batch, channels, planes, kernel, side) = (2, 7, 5, 3, 9);
+        let random = |shape: [usize; 4]| {
+            Tensor::<4>::random(shape, Distribution::Uniform(-1.0, 1.0), &device)
+        };
+        let x = random([batch, channels, side, side]);
+        // Offsets of a few pixels, so that sampling points land between pixels and off the
+        // edge.
+        let offset = random([batch, 2 * kernel * kernel, side, side]) * 3.0;
+        let mask = random([batch, kernel * kernel, side, side]);
+        let weight = random([planes, channels, kernel, kernel]);
+        let bias = Tensor::<1>::random([planes], Distribution::Uniform(-1.0, 1.0), &device);
+        let options = DeformConvOptions::new([1, 1], [1, 1], [1, 1], 1, 1);
+        let run = |max_column_bytes| {
+            deform_conv2d_in_slices(
+                x.clone(),
+                offset.clone(),
+                weight.clone(),
+                mask.clone(),
+                Some(bias.clone()),
+                options.clone(),
+                max_column_bytes,
+            )
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+        };
+        let whole = run(usize::MAX);
+        // One channel's columns: 3·3 taps × 2·9·9 positions × 4 bytes; three slices.
+        let column = kernel * kernel * batch * side * side * 4;
+        for max in [3 * column, column] {
+            let sliced = run(max);
+            let error = whole
+                .iter()
+                .zip(&sliced)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(error < 1e-5, "{max}: {error}");
+        }
+    }
 
     #[test]
     fn relative_position_index_matches_upstreams_formula() {

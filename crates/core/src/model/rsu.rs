@@ -208,15 +208,22 @@ impl Conv {
     }
 
     /// Convolves the channel-wise concatenation of `inputs`, optionally through ReLU.
-    pub fn forward(&self, mut inputs: Vec<Tensor<4>>, with_relu: bool) -> Tensor<4> {
+    pub fn forward(&self, inputs: Vec<Tensor<4>>, with_relu: bool) -> Tensor<4> {
         if let Some(cpu) = &self.cpu {
             return forward_on_flex(cpu, inputs, with_relu);
         }
-        let x = match inputs.len() {
-            1 => inputs.pop().expect("one input"),
-            _ => Tensor::cat(inputs, 1),
-        };
-        let kernel = self.weight.dims()[2];
+        self.forward_on_device(inputs, with_relu, MAX_BINDING_BYTES)
+    }
+
+    /// burn's convolution, concatenating `inputs` only if that takes at most
+    /// `max_concatenated_bytes`.
+    fn forward_on_device(
+        &self,
+        mut inputs: Vec<Tensor<4>>,
+        with_relu: bool,
+        max_concatenated_bytes: usize,
+    ) -> Tensor<4> {
+        let [out, _, kernel, _] = self.weight.dims();
         let pad = self.dilation * (kernel - 1) / 2;
         let options = ConvOptions::new(
             [self.stride, self.stride],
@@ -224,10 +231,45 @@ impl Conv {
             [self.dilation, self.dilation],
             1,
         );
-        let y = conv2d(x, self.weight.clone(), Some(self.bias.clone()), options);
+        let concatenated_bytes: usize = inputs
+            .iter()
+            .map(|part| part.dims().iter().product::<usize>() * size_of::<f32>())
+            .sum();
+        let y = if inputs.len() == 1 || concatenated_bytes <= max_concatenated_bytes {
+            let x = match inputs.len() {
+                1 => inputs.pop().expect("one input"),
+                _ => Tensor::cat(inputs, 1),
+            };
+            conv2d(x, self.weight.clone(), Some(self.bias.clone()), options)
+        } else {
+            // A convolution is linear in its input channels: the sum of each part's
+            // convolution with its slice of the weights, without the concatenation.
+            let mut first = 0;
+            let mut sum: Option<Tensor<4>> = None;
+            for part in inputs {
+                let channels = part.dims()[1];
+                let weight = self.weight.clone().slice([
+                    0..out,
+                    first..first + channels,
+                    0..kernel,
+                    0..kernel,
+                ]);
+                first += channels;
+                let y = conv2d(part, weight, None, options.clone());
+                sum = Some(match sum {
+                    Some(sum) => sum + y,
+                    None => y,
+                });
+            }
+            sum.expect("several inputs") + self.bias.clone().reshape([1, out, 1, 1])
+        };
         if with_relu { relu(y) } else { y }
     }
 }
+
+/// The largest buffer WebGPU guarantees every adapter binds (`max_storage_buffer_binding_size`'s
+/// default, and lavapipe's limit): larger tensors fail to allocate on such adapters.
+pub const MAX_BINDING_BYTES: usize = 128 << 20;
 
 fn forward_on_flex(conv: &PackedConv, inputs: Vec<Tensor<4>>, relu: bool) -> Tensor<4> {
     let [batch, _, h, w] = inputs[0].dims();
@@ -369,5 +411,48 @@ impl<'a> ConvSource<'a> {
                 self.index, self.architecture
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn a_convolution_of_parts_is_that_of_their_concatenation() {
+        let device = Device::flex();
+        let random = |shape: [usize; 4]| {
+            Tensor::<4>::random(shape, Distribution::Uniform(-1.0, 1.0), &device)
+        };
+        let (out, channels, kernel) = (4, [3, 5, 2], 3);
+        let weights = ConvWeights {
+            shape: [out, channels.iter().sum(), kernel, kernel],
+            weight: random([out, channels.iter().sum(), kernel, kernel])
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap(),
+            bias: vec![0.5, -0.25, 1.0, 0.0],
+            stride: 1,
+            dilation: 2,
+            padding: 2,
+        };
+        // burn's convolution on flex, as on wgpu (not cutout's CPU kernel).
+        let conv = Conv::new(weights, &device, false);
+        let parts: Vec<Tensor<4>> = channels.iter().map(|&c| random([2, c, 9, 11])).collect();
+        let run = |max_bytes| {
+            conv.forward_on_device(parts.clone(), true, max_bytes)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        let (concatenated, summed) = (run(usize::MAX), run(0));
+        assert_eq!(concatenated.len(), 2 * out * 9 * 11);
+        let error = concatenated
+            .iter()
+            .zip(&summed)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(error < 1e-5, "{error}");
     }
 }
