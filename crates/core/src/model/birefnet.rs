@@ -26,7 +26,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::Network;
 use super::onnx::ConvWeights;
-use super::rsu::Conv;
+use super::rsu::{Conv, MAX_BINDING_BYTES};
 use super::state_dict::StateDict;
 use crate::error::{Result, TensorProblem};
 
@@ -412,7 +412,9 @@ impl SwinBlock {
                 window * window,
                 channels,
             ]);
-        let attended = self.attention.forward(windows, batch, mask);
+        let attended = self
+            .attention
+            .forward(windows, batch, mask, MAX_BINDING_BYTES);
         let mut grid = attended
             .reshape([batch, hp / window, wp / window, window, window, channels])
             .permute([0, 1, 3, 2, 4, 5])
@@ -424,10 +426,30 @@ impl SwinBlock {
             grid = grid.slice([0..batch, 0..h, 0..w, 0..channels]);
         }
         let x = shortcut + grid.reshape([batch, length, channels]);
-        let mlp = self
-            .fc2
-            .forward(gelu(self.fc1.forward(self.norm2.forward(x.clone()))));
-        x + mlp
+        x.clone() + self.mlp(x, MAX_BINDING_BYTES)
+    }
+
+    /// LayerNorm and the MLP, per token: in runs of tokens whose hidden activations take at
+    /// most `max_bytes` (Swin-L's first stage at 1024²: 214 MB at once).
+    fn mlp(&self, x: Tensor<3>, max_bytes: usize) -> Tensor<3> {
+        let [batch, length, channels] = x.dims();
+        let hidden = self.fc1.out_width();
+        let run = (max_bytes / (batch * hidden * size_of::<f32>())).clamp(1, length);
+        let mlp = |x: Tensor<3>| {
+            self.fc2
+                .forward(gelu(self.fc1.forward(self.norm2.forward(x))))
+        };
+        if run >= length {
+            return mlp(x);
+        }
+        let runs = (0..length)
+            .step_by(run)
+            .map(|start| {
+                let end = (start + run).min(length);
+                mlp(x.clone().slice([0..batch, start..end, 0..channels]))
+            })
+            .collect();
+        Tensor::cat(runs, 1)
     }
 }
 
@@ -480,7 +502,41 @@ impl WindowAttention {
     }
 
     /// `x`: `[B·nW, N, C]` windows of `batch` images; `mask`: `[nW, N, N]` for shifted ones.
-    fn forward(&self, x: Tensor<3>, batch: usize, mask: Option<&Tensor<3>>) -> Tensor<3> {
+    ///
+    /// Windows are independent: they are attended in runs whose `qkv` and scores take at most
+    /// `max_bytes` (Swin-L's first stage at 1024²: 484 windows of 144 tokens, 6 heads, 241 MB
+    /// of scores at once).
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        batch: usize,
+        mask: Option<&Tensor<3>>,
+        max_bytes: usize,
+    ) -> Tensor<3> {
+        let [windows, tokens, channels] = x.dims();
+        let per_image = windows / batch;
+        let per_window = (3 * channels).max(self.heads * tokens) * tokens * size_of::<f32>();
+        let run = (max_bytes / per_window).clamp(1, per_image);
+        if run >= per_image {
+            return self.attend(x, batch, mask);
+        }
+        let mut runs = Vec::new();
+        for image in 0..batch {
+            for start in (0..per_image).step_by(run) {
+                let end = (start + run).min(per_image);
+                let first = image * per_image;
+                let x = x
+                    .clone()
+                    .slice([first + start..first + end, 0..tokens, 0..channels]);
+                let mask = mask.map(|m| m.clone().slice([start..end, 0..tokens, 0..tokens]));
+                runs.push(self.attend(x, 1, mask.as_ref()));
+            }
+        }
+        Tensor::cat(runs, 0)
+    }
+
+    /// [`WindowAttention::forward`] on windows that fit at once.
+    fn attend(&self, x: Tensor<3>, batch: usize, mask: Option<&Tensor<3>>) -> Tensor<3> {
         let [windows, tokens, channels] = x.dims();
         let heads = self.heads;
         let head_width = channels / heads;
@@ -670,7 +726,10 @@ struct Decoder {
     /// `gdt_convs_{4,3,2}` (3×3 conv, batch norm, ReLU) and `gdt_convs_attn_{4,3,2}` (1×1):
     /// the gradient attention gating the three deepest blocks' outputs.
     gradients: Vec<(Conv, Conv)>,
-    out: Conv,
+    /// `conv_out1.0` (1×1 to the logits), split by input: the decoder's channels, then those
+    /// of the image branch (`ipt_blk1`).
+    out_of_decoder: Conv,
+    out_of_image: Conv,
 }
 
 impl Decoder {
@@ -726,13 +785,21 @@ impl Decoder {
         let top = SimpleConvs::load(loader, "decoder.ipt_blk1", 3)?;
         let out_in = below + top.out_channels();
         inputs.push(top);
-        let out = loader.conv("decoder.conv_out1.0", out_in, 1, Some(1), true)?;
+        let out = loader.conv_weights("decoder.conv_out1.0", out_in, 1, 1, true)?;
+        let (of_decoder, of_image) = out.weight.split_at(below);
+        let split = |weight: &[f32], bias: f32| ConvWeights {
+            shape: [1, weight.len(), 1, 1],
+            weight: weight.to_vec(),
+            bias: vec![bias],
+            ..out.clone()
+        };
         Ok(Self {
             inputs,
             blocks,
             laterals,
             gradients,
-            out,
+            out_of_decoder: loader.same_conv(split(of_decoder, out.bias[0])),
+            out_of_image: loader.same_conv(split(of_image, 0.0)),
         })
     }
 
@@ -741,31 +808,40 @@ impl Decoder {
         let [_, _, h, w] = image.dims();
         let mut p = levels.pop().expect("four levels");
         for (i, block) in self.blocks.iter().enumerate() {
-            let patches = self.inputs[i].forward(image_patches(image.clone(), &p));
+            let [_, _, ph, pw] = p.dims();
+            let patches = self.inputs[i].forward(image_patches(image.clone(), [ph, pw]));
             p = block.forward(vec![p, patches]);
-            match (self.gradients.get(i), levels.pop()) {
-                (Some((conv, attention)), Some(skip)) => {
-                    let gate = sigmoid(
-                        attention.forward(vec![conv.forward(vec![p.clone()], true)], false),
-                    );
-                    p = p * gate;
-                    let [_, _, sh, sw] = skip.dims();
-                    p = resize(p, [sh, sw]) + self.laterals[i].forward(vec![skip], false);
-                }
-                _ => p = resize(p, [h, w]),
+            // The last block has no gate and no skip: its output is resized to the image
+            // below.
+            if let (Some((conv, attention)), Some(skip)) = (self.gradients.get(i), levels.pop()) {
+                let gate =
+                    sigmoid(attention.forward(vec![conv.forward(vec![p.clone()], true)], false));
+                p = p * gate;
+                let [_, _, sh, sw] = skip.dims();
+                p = resize(p, [sh, sw]) + self.laterals[i].forward(vec![skip], false);
             }
         }
-        let patches = self.inputs[4].forward(image_patches(image, &p));
-        self.out.forward(vec![p, patches], false)
+        // Upstream resizes p to the image, concatenates the image branch (at the image's
+        // size the patch grid is the image itself) and applies the 1×1 output convolution.
+        // That convolution commutes with the resize (a bilinear resize's weights sum to
+        // one), so p's share of it runs at p's size and one channel is resized, instead of
+        // p's channels at the image's size (hundreds of MB at 1024²).
+        let of_decoder = resize(self.out_of_decoder.forward(vec![p], false), [h, w]);
+        let of_image = image_branch(
+            &self.inputs[4],
+            &self.out_of_image,
+            image,
+            MAX_BINDING_BYTES,
+        );
+        of_decoder + of_image
     }
 }
 
 /// Upstream's `image2patches(x, patch_ref)`: the image cut into a grid of patches the size
 /// of `reference`, stacked as channels (`b c (hg h) (wg w) -> b (c hg wg) h w`), then
 /// resized to `reference`'s size (a no-op when the grid divides the image).
-fn image_patches(image: Tensor<4>, reference: &Tensor<4>) -> Tensor<4> {
+fn image_patches(image: Tensor<4>, [rh, rw]: [usize; 2]) -> Tensor<4> {
     let [batch, channels, h, w] = image.dims();
-    let [_, _, rh, rw] = reference.dims();
     let (gh, gw) = (h / rh, w / rw);
     let (ph, pw) = (h / gh, w / gw);
     let patches = image
@@ -773,6 +849,34 @@ fn image_patches(image: Tensor<4>, reference: &Tensor<4>) -> Tensor<4> {
         .permute([0, 1, 2, 4, 3, 5])
         .reshape([batch, channels * gh * gw, ph, pw]);
     resize(patches, [rh, rw])
+}
+
+/// `convs` and then the 1×1 `out` on the full-size `image`, in bands of rows whose widest
+/// activation fits in `max_bytes` (at 1024² the branch's 64 channels are 268 MB, more than
+/// WebGPU guarantees to bind). The two 3×3 convolutions read two rows beyond a band, so each
+/// band is computed with two more rows on either side, which are then dropped.
+fn image_branch(convs: &SimpleConvs, out: &Conv, image: Tensor<4>, max_bytes: usize) -> Tensor<4> {
+    const HALO: usize = 2;
+    let [batch, channels, h, w] = image.dims();
+    let widest = convs.conv1.out_channels().max(convs.out_channels());
+    let row_bytes = batch * widest * w * size_of::<f32>();
+    let rows = (max_bytes / row_bytes.max(1))
+        .saturating_sub(2 * HALO)
+        .max(1);
+    if rows >= h {
+        return out.forward(vec![convs.forward(image)], false);
+    }
+    let bands = (0..h)
+        .step_by(rows)
+        .map(|top| {
+            let bottom = (top + rows).min(h);
+            let (from, to) = (top.saturating_sub(HALO), (bottom + HALO).min(h));
+            let band = image.clone().slice([0..batch, 0..channels, from..to, 0..w]);
+            let y = out.forward(vec![convs.forward(band)], false);
+            y.slice([0..batch, 0..1, top - from..bottom - from, 0..w])
+        })
+        .collect();
+    Tensor::cat(bands, 2)
 }
 
 /// Two 3×3 convolutions, no activation between them.
@@ -1054,7 +1158,7 @@ fn deform_conv2d_in_slices(
 
 /// The largest sampled-column buffer one deformable convolution builds at once (see
 /// `deform_conv2d_in_slices`).
-const MAX_DEFORM_COLUMN_BYTES: usize = super::rsu::MAX_BINDING_BYTES;
+const MAX_DEFORM_COLUMN_BYTES: usize = MAX_BINDING_BYTES;
 
 /// Bilinear resize with `align_corners=True`, as every resize in upstream's BiRefNet.
 fn resize(x: Tensor<4>, [h, w]: [usize; 2]) -> Tensor<4> {
@@ -1202,10 +1306,124 @@ impl Loader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::Distribution;
+
+    fn max_difference<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    /// The fixture's second block of the first stage (shifted windows, so with the mask):
+    /// attention in runs of windows and the MLP in runs of tokens equal them at once.
+    #[test]
+    fn swin_attention_and_mlp_in_runs_are_the_whole_ones() {
+        let device = Device::flex();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/birefnet/birefnet-tiny.safetensors"
+        );
+        let state = StateDict::open(std::path::Path::new(path)).unwrap();
+        let model = BiRefNet::load(state, &device).unwrap();
+        let stage = &model.backbone.stages[0];
+        let block = &stage.blocks[1];
+        let (window, batch, side) = (stage.window, 2, 14);
+        let channels = block.fc1.weight.dims()[0];
+        let tokens = window * window;
+        let per_image = (side / window) * (side / window);
+        let mask = shifted_window_mask([side, side], window, block.shift, &device);
+        let windows = Tensor::<3>::random(
+            [batch * per_image, tokens, channels],
+            Distribution::Uniform(-2.0, 2.0),
+            &device,
+        );
+        let attend = |max_bytes| {
+            block
+                .attention
+                .forward(windows.clone(), batch, Some(&mask), max_bytes)
+        };
+        let one_window = (3 * channels).max(block.attention.heads * tokens) * tokens * 4;
+        let whole = attend(usize::MAX);
+        for max_bytes in [one_window, 3 * one_window] {
+            let error = max_difference(whole.clone(), attend(max_bytes));
+            assert!(
+                error < 1e-5,
+                "attention in runs of {max_bytes} bytes: {error}"
+            );
+        }
+
+        let x = Tensor::<3>::random(
+            [batch, 37, channels],
+            Distribution::Uniform(-2.0, 2.0),
+            &device,
+        );
+        let hidden = block.fc1.out_width();
+        let whole = block.mlp(x.clone(), usize::MAX);
+        for tokens in [1, 5] {
+            let error = max_difference(
+                whole.clone(),
+                block.mlp(x.clone(), tokens * batch * hidden * 4),
+            );
+            assert!(error < 1e-5, "MLP in runs of {tokens} tokens: {error}");
+        }
+    }
+
+    #[test]
+    fn the_image_branch_in_bands_of_rows_is_the_whole_one() {
+        let device = Device::flex();
+        let mut seed = 1u32;
+        let mut conv = |shape: [usize; 4], on_flex: bool| {
+            let values = |n: usize, seed: &mut u32| -> Vec<f32> {
+                (0..n)
+                    .map(|_| {
+                        *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        (*seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+                    })
+                    .collect()
+            };
+            let weights = ConvWeights {
+                shape,
+                weight: values(shape.iter().product(), &mut seed),
+                bias: values(shape[0], &mut seed),
+                stride: 1,
+                dilation: 1,
+                padding: shape[2] / 2,
+            };
+            Conv::new(weights, &device, on_flex)
+        };
+        for on_flex in [true, false] {
+            let convs = SimpleConvs {
+                conv1: conv([6, 3, 3, 3], on_flex),
+                conv_out: conv([5, 6, 3, 3], on_flex),
+            };
+            let out = conv([1, 5, 1, 1], on_flex);
+            let image =
+                Tensor::<4>::random([2, 3, 23, 17], Distribution::Uniform(0.0, 1.0), &device);
+            let run = |max_bytes| {
+                image_branch(&convs, &out, image.clone(), max_bytes)
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap()
+            };
+            let whole = run(usize::MAX);
+            assert_eq!(whole.len(), 2 * 23 * 17);
+            // Rows of 2 images × 6 channels × 17 columns: bands of 1, 3 and 7 rows.
+            let row = 2 * 6 * 17 * 4;
+            for rows in [1, 3, 7] {
+                let banded = run((rows + 4) * row);
+                let error = whole
+                    .iter()
+                    .zip(&banded)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    error < 1e-5,
+                    "bands of {rows} rows, on_flex {on_flex}: {error}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_deformable_convolution_in_channel_slices_is_the_whole_one() {
-        use burn::tensor::Distribution;
         let device = Device::flex();
         let (batch, channels, planes, kernel, side) = (2, 7, 5, 3, 9);
         let random = |shape: [usize; 4]| {
