@@ -60,6 +60,8 @@ enum ModelsCommand {
 
 fn main() -> ExitCode {
     cutout_core::alloc::keep_large_buffers();
+    // SAFETY: the first lines of `main`: no other thread exists yet.
+    unsafe { cutout_core::gpu::quiet_device_select_layer() };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();

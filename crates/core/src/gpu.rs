@@ -5,6 +5,22 @@ use std::fmt;
 
 use crate::error::{Error, Result};
 
+/// Turns off Mesa's `VK_LAYER_MESA_device_select`, an implicit Vulkan layer that asks the
+/// Wayland compositor for the default GPU and, headless, prints `error: XDG_RUNTIME_DIR is
+/// invalid or not set` twice, which reads as a failure. cutout picks its adapter itself
+/// (`DevicePreference`), so the layer's ordering is not needed. Kept if the user set
+/// `NODEVICE_SELECT` (the layer's own switch) either way.
+///
+/// # Safety
+/// Sets a process-wide environment variable: call it before any other thread exists (at
+/// the start of `main`), as for [`std::env::set_var`].
+pub unsafe fn quiet_device_select_layer() {
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: the caller guarantees no other thread reads the environment meanwhile.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 /// Which adapter to use (`CUTOUT_DEVICE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DevicePreference {
