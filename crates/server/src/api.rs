@@ -220,7 +220,7 @@ fn rate_check(
                 budget.limit
             ),
         );
-        failure.retry_after = Some(budget.retry_after(limit::unix_now()));
+        failure.retry_after = Some(budget.retry_after(limiter.now()));
         failure.headers.extend(budget.headers());
         failure
     })

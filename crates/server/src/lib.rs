@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 
 pub use fetch::FetchPolicy;
 pub use keys::KeyStore;
+pub use limit::{Clock, system_clock};
 pub use queue::Batching;
 
 pub struct Config {
@@ -45,6 +46,8 @@ pub struct Config {
     /// URL fetches): more than the cores only oversubscribes them, next to the model's
     /// threads. Default: the number of cores.
     pub cpu_workers: usize,
+    /// The time the rate limits count minutes by.
+    pub clock: Clock,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             rate_limit: 500,
             keys: KeyStore::default(),
             cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            clock: system_clock(),
         }
     }
 }
@@ -98,7 +102,8 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
     let addr = listener.local_addr()?;
     let model = editor.remover().session().spec;
     let (queue, worker) = queue::JobQueue::start(editor, config.batching.clone());
-    let limiter = (config.rate_limit > 0).then(|| limit::RateLimiter::new(config.rate_limit));
+    let limiter = (config.rate_limit > 0)
+        .then(|| limit::RateLimiter::new(config.rate_limit, config.clock.clone()));
     let state = Arc::new(State {
         cpu_work: tokio::sync::Semaphore::new(config.cpu_workers.max(1)),
         config,

@@ -3,8 +3,16 @@
 //! reported in `X-RateLimit-*` headers and enforced with 429 and `Retry-After`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The time in Unix seconds: the system clock in the server, a fixed one in tests, so that
+/// no test depends on where in the minute it runs.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(unix_now)
+}
 
 /// What a key has left in the current minute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,19 +41,26 @@ impl Budget {
 pub struct RateLimiter {
     per_minute: u32,
     used: Mutex<HashMap<String, (u64, u32)>>,
+    clock: Clock,
 }
 
 impl RateLimiter {
-    pub fn new(per_minute: u32) -> Self {
+    pub fn new(per_minute: u32, clock: Clock) -> Self {
         Self {
             per_minute,
             used: Mutex::new(HashMap::new()),
+            clock,
         }
+    }
+
+    /// Unix seconds by the limiter's clock.
+    pub fn now(&self) -> u64 {
+        (self.clock)()
     }
 
     /// Takes `cost` units from `key`'s minute, or says when it refills (`Err`).
     pub fn take(&self, key: &str, cost: u32) -> Result<Budget, Budget> {
-        self.take_at(key, cost, unix_now())
+        self.take_at(key, cost, self.now())
     }
 
     fn take_at(&self, key: &str, cost: u32, now: u64) -> Result<Budget, Budget> {
@@ -92,7 +107,7 @@ mod tests {
 
     #[test]
     fn budget_refills_each_minute_per_key() {
-        let limiter = RateLimiter::new(3);
+        let limiter = RateLimiter::new(3, system_clock());
         let t = 1_700_000_080; // 40 s into a minute
         assert_eq!(limiter.take_at("a", 2, t).unwrap().remaining, 1);
         assert_eq!(limiter.take_at("b", 3, t).unwrap().remaining, 0);
