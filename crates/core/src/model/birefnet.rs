@@ -1105,7 +1105,7 @@ impl DeformableConv {
             mask,
             bias,
             options,
-            MAX_DEFORM_COLUMN_BYTES,
+            MAX_BINDING_BYTES,
         )
     }
 }
@@ -1155,10 +1155,6 @@ fn deform_conv2d_in_slices(
         None => sum,
     }
 }
-
-/// The largest sampled-column buffer one deformable convolution builds at once (see
-/// `deform_conv2d_in_slices`).
-const MAX_DEFORM_COLUMN_BYTES: usize = MAX_BINDING_BYTES;
 
 /// Bilinear resize with `align_corners=True`, as every resize in upstream's BiRefNet.
 fn resize(x: Tensor<4>, [h, w]: [usize; 2]) -> Tensor<4> {
@@ -1306,6 +1302,7 @@ impl Loader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::max_abs_diff;
     use burn::tensor::Distribution;
 
     fn max_difference<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
@@ -1409,11 +1406,7 @@ mod tests {
             let row = 2 * 6 * 17 * 4;
             for rows in [1, 3, 7] {
                 let banded = run((rows + 4) * row);
-                let error = whole
-                    .iter()
-                    .zip(&banded)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f32::max);
+                let error = max_abs_diff(&whole, &banded);
                 assert!(
                     error < 1e-5,
                     "bands of {rows} rows, on_flex {on_flex}: {error}"
@@ -1456,11 +1449,7 @@ mod tests {
         let column = kernel * kernel * batch * side * side * 4;
         for max in [3 * column, column] {
             let sliced = run(max);
-            let error = whole
-                .iter()
-                .zip(&sliced)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
+            let error = max_abs_diff(&whole, &sliced);
             assert!(error < 1e-5, "{max}: {error}");
         }
     }

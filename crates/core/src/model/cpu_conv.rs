@@ -431,6 +431,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::max_abs_diff;
 
     /// Textbook convolution in f64: the reference every kernel must match.
     fn reference(
@@ -530,11 +531,7 @@ mod tests {
                 d,
                 relu,
             );
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let worst = max_abs_diff(&got, &want);
             assert!(
                 worst < 1e-5 * (total_in * k * k) as f32,
                 "{kernel:?}: batch {batch}, in {cin:?}, out {cout}, {k}x{k}, {h}x{w}, \

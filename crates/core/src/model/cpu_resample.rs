@@ -69,6 +69,7 @@ fn taps(from: usize, to: usize) -> Vec<(usize, usize, f32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::max_abs_diff;
     use burn::tensor::module::{interpolate, max_pool2d};
     use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
     use burn::tensor::{Device, Tensor, TensorData};
@@ -77,14 +78,6 @@ mod tests {
         (0..len)
             .map(|i| ((i * 7919) % 613) as f32 / 306.0 - 1.0)
             .collect()
-    }
-
-    fn worst(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max)
     }
 
     /// burn's own max-pool and interpolate (flex) are the reference.
@@ -99,7 +92,7 @@ mod tests {
             let reference = max_pool2d(tensor(), MaxPoolOptions::new([2, 2]).with_ceil_mode(true));
             assert_eq!(reference.dims(), [1, 3, ph, pw]);
             let reference = reference.into_data().try_to_vec::<f32>().unwrap();
-            assert_eq!(worst(&pooled, &reference), 0.0, "pool {h}x{w}");
+            assert_eq!(max_abs_diff(&pooled, &reference), 0.0, "pool {h}x{w}");
 
             for size in [[2 * h, 2 * w], [h + 3, w + 1], [40, 40], [h, w]] {
                 let resized = resize_bilinear(&input, 3, [h, w], size);
@@ -109,7 +102,7 @@ mod tests {
                 let reference = interpolate(tensor(), options)
                     .into_data()
                     .try_to_vec::<f32>();
-                let error = worst(&resized, &reference.unwrap());
+                let error = max_abs_diff(&resized, &reference.unwrap());
                 assert!(error < 1e-5, "resize {h}x{w} to {size:?}: off by {error}");
             }
         }

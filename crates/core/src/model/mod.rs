@@ -61,6 +61,17 @@ impl Architecture {
     }
 }
 
+/// The largest absolute difference between two equally long outputs: the unit tests'
+/// measure of agreement with a reference.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "outputs of different sizes");
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
 /// The default model's weights, shipped in the binary so it works offline.
 const EMBEDDED_U2NETP: &[u8] = include_bytes!("../../../../models/u2netp.onnx");
 
@@ -438,15 +449,11 @@ pub fn fetch_into(
         progress,
     }
     .run()?;
-    // Without a checksum, loading it (every tensor's name and shape) is the check.
+    // Without a checksum (the hub's state dicts: every ONNX source publishes an md5), loading
+    // it (every tensor's name and shape) is the check.
     if spec.architecture == Architecture::BiRefNet && checksum == download::Checksum::Unpublished {
-        let checked = match is_state_dict_file(spec.file) {
-            true => state_dict::StateDict::open(&destination),
-            false => std::fs::read(&destination)
-                .map_err(Error::from)
-                .and_then(|bytes| state_dict::StateDict::from_onnx(spec.file, bytes)),
-        }
-        .and_then(|state| birefnet::BiRefNet::load(state, &Device::flex()));
+        let checked = state_dict::StateDict::open(&destination)
+            .and_then(|state| birefnet::BiRefNet::load(state, &Device::flex()));
         if let Err(error) = checked {
             std::fs::remove_file(&destination)?;
             return Err(error);

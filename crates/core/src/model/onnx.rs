@@ -104,13 +104,14 @@ impl Graph {
             let tensor = tensor?;
             let name = tensor.string(8)?;
             let dims = tensor.ints(1)?.into_iter().map(|d| d as usize).collect();
+            let data_type = tensor.int(2)?;
             let data = match tensor.bytes(9) {
                 // An offset into `bytes`: the slice was cut from it.
                 Some(raw) => {
                     let start = raw.as_ptr() as usize - bytes.as_ptr() as usize;
                     InitializerData::Raw(start..start + raw.len())
                 }
-                None => InitializerData::Floats(match tensor.int(2)? {
+                None => InitializerData::Floats(match data_type {
                     Initializer::FLOAT => tensor.floats(4)?,
                     _ => Vec::new(),
                 }),
@@ -118,7 +119,7 @@ impl Graph {
             let initializer = Initializer {
                 name: name.clone(),
                 dims,
-                data_type: tensor.int(2)?,
+                data_type,
                 data,
             };
             initializers.insert(name, initializer);

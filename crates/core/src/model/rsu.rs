@@ -417,6 +417,7 @@ impl<'a> ConvSource<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::max_abs_diff;
     use burn::tensor::Distribution;
 
     #[test]
@@ -448,11 +449,7 @@ mod tests {
         };
         let (concatenated, summed) = (run(usize::MAX), run(0));
         assert_eq!(concatenated.len(), 2 * out * 9 * 11);
-        let error = concatenated
-            .iter()
-            .zip(&summed)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let error = max_abs_diff(&concatenated, &summed);
         assert!(error < 1e-5, "{error}");
     }
 }

@@ -108,7 +108,7 @@ impl StateDict {
                 continue;
             };
             let consumed: Vec<(usize, Role)> = match node.op.as_str() {
-                "Conv" => vec![(1, Role::ConvWeight), (2, Role::ConvBias)],
+                "Conv" => vec![(1, Role::Conv("weight")), (2, Role::Conv("bias"))],
                 "MatMul" => vec![(1, Role::LinearWeight)],
                 "Reshape" if module.ends_with("attn") => vec![(0, Role::PositionBias)],
                 _ => continue,
@@ -138,13 +138,8 @@ impl StateDict {
             let (name, dims, transform) = match roles.get(&tensor.name) {
                 None if tensor.name.starts_with("onnx::") => continue,
                 None => (tensor.name.clone(), tensor.dims.clone(), Transform::None),
-                Some((module, Role::ConvWeight)) => (
-                    format!("{module}.weight"),
-                    tensor.dims.clone(),
-                    Transform::None,
-                ),
-                Some((module, Role::ConvBias)) => (
-                    format!("{module}.bias"),
+                Some((module, Role::Conv(part))) => (
+                    format!("{module}.{part}"),
                     tensor.dims.clone(),
                     Transform::None,
                 ),
@@ -323,8 +318,8 @@ impl StateDict {
 /// What a renamed ONNX initializer is to the module whose node consumes it.
 #[derive(Debug, Clone, Copy)]
 enum Role {
-    ConvWeight,
-    ConvBias,
+    /// A convolution's `weight` or `bias`, with batch norm folded in.
+    Conv(&'static str),
     LinearWeight,
     PositionBias,
 }
