@@ -523,3 +523,171 @@ fn cpu_refinement_matches_the_shader() {
         assert!(partial > 500, "{partial} edge pixels");
     }
 }
+
+/// A deterministic image with every channel random, alpha included.
+fn noise(width: u32, height: u32, seed: u32) -> RgbaImage {
+    let mut state = seed;
+    RgbaImage::from_fn(width, height, |_, _| {
+        let mut next = || {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            (state >> 24) as u8
+        };
+        Rgba([next(), next(), next(), next()])
+    })
+}
+
+/// The coffee photo's refined model mask, the real input of the statistics and placement.
+fn coffee_and_refined_mask() -> (RgbaImage, RgbaImage) {
+    let (photo, mask) = coffee_and_model_mask();
+    let refined = cutout_core::ops::cpu::refine_mask(&photo, &mask, Refinement::default());
+    (photo, refined)
+}
+
+#[test]
+fn cpu_mask_stats_match_the_shader() {
+    let ops = ops();
+    let (photo, mask) = coffee_and_refined_mask();
+    let (w, h) = (photo.width() as f32, photo.height() as f32);
+    let uploaded = ops.upload(&mask).unwrap();
+    for roi in [[0.0, 0.0, w, h], [40.5, 10.0, w * 0.6, h * 0.7], [0.0; 4]] {
+        let shader = ops.mask_stats(&uploaded, roi).unwrap();
+        let cpu = cutout_core::ops::cpu::mask_stats(&mask, roi);
+        assert_eq!(cpu, shader, "roi {roi:?}");
+    }
+    let whole = cutout_core::ops::cpu::mask_stats(&mask, [0.0, 0.0, w, h]);
+    assert!(
+        whole.foreground > 10_000 && whole.uncertain > 100,
+        "{whole:?}"
+    );
+}
+
+#[test]
+fn cpu_place_matches_the_shader() {
+    let ops = ops();
+    let (photo, mask) = coffee_and_refined_mask();
+    let translucent = noise(photo.width(), photo.height(), 7);
+    let (w, h) = (photo.width() as f32, photo.height() as f32);
+    let map = |canvas: [u32; 2], scale: f32, offset: [f32; 2], roi: [f32; 4]| PlaceMap {
+        canvas,
+        scale,
+        offset,
+        roi,
+    };
+    let cases = [
+        (
+            "identity",
+            &photo,
+            Some(&mask),
+            map(
+                [photo.width(), photo.height()],
+                1.0,
+                [0.0; 2],
+                [0.0, 0.0, w, h],
+            ),
+        ),
+        (
+            "enlarged and cropped",
+            &photo,
+            Some(&mask),
+            map([700, 500], 1.7, [-80.5, 20.25], [30.0, 12.0, w - 9.5, h]),
+        ),
+        (
+            "shrunk (Lanczos first)",
+            &photo,
+            Some(&mask),
+            map([400, 300], 0.4, [31.0, 17.5], [0.0, 0.0, w, h]),
+        ),
+        (
+            "opaque, no mask",
+            &photo,
+            None,
+            map([500, 500], 1.0, [12.0, 40.0], [0.0, 0.0, w, h]),
+        ),
+        (
+            "translucent source",
+            &translucent,
+            Some(&mask),
+            map([450, 320], 1.3, [-3.3, -7.9], [0.0, 0.0, w, h]),
+        ),
+    ];
+    for (name, image, mask, map) in cases {
+        let upload = |i: &RgbaImage| ops.upload(i).unwrap();
+        let uploaded_mask = mask.map(upload);
+        let (colour, canvas_mask) = ops
+            .place(&upload(image), uploaded_mask.as_ref(), map)
+            .unwrap();
+        let (colour, canvas_mask) = (
+            ops.download(&colour).unwrap(),
+            ops.download(&canvas_mask).unwrap(),
+        );
+        let (cpu_colour, cpu_mask) = cutout_core::ops::cpu::place(image, mask, map);
+        let colour_diff = channel_max_diff(&colour, &cpu_colour, 0..4);
+        let mask_diff = channel_max_diff(&canvas_mask, &cpu_mask, 0..4);
+        assert!(
+            colour_diff <= 1 && mask_diff <= 1,
+            "{name}: colour {colour_diff}, mask {mask_diff}"
+        );
+        let covered = cpu_mask.pixels().filter(|p| p.0[0] > 0).count();
+        assert!(covered > 1000, "{name}: {covered} mask pixels");
+    }
+}
+
+#[test]
+fn cpu_compose_matches_the_shader() {
+    let ops = ops();
+    let (w, h) = (160, 120);
+    let [background, shadow, band, subject, subject_mask] =
+        [1, 2, 3, 4, 5].map(|seed| noise(w, h, seed));
+    let styles = [
+        ComposeStyle {
+            background_color: [0.0; 4],
+            channels: 0,
+            matte: [1.0; 4],
+            watermark: false,
+            despill: None,
+        },
+        ComposeStyle {
+            background_color: [0.2, 0.4, 0.9, 0.6],
+            channels: 1,
+            matte: [1.0, 0.5, 0.25, 1.0],
+            watermark: true,
+            despill: Some([0.1, 0.8, 0.2]),
+        },
+        ComposeStyle {
+            background_color: [1.0; 4],
+            channels: 2,
+            matte: [1.0; 4],
+            watermark: false,
+            despill: None,
+        },
+    ];
+    let uploaded =
+        [&background, &shadow, &band, &subject, &subject_mask].map(|i| ops.upload(i).unwrap());
+    for style in styles {
+        for all_layers in [false, true] {
+            let shader_layers = ComposeLayers {
+                background: all_layers.then_some(&uploaded[0]),
+                shadow: all_layers.then_some(&uploaded[1]),
+                outline: all_layers.then_some((&uploaded[2], [0.9, 0.1, 0.3, 0.8])),
+                subject: &uploaded[3],
+                subject_mask: &uploaded[4],
+            };
+            let cpu_layers = ComposeLayers {
+                background: all_layers.then_some(&background),
+                shadow: all_layers.then_some(&shadow),
+                outline: all_layers.then_some((&band, [0.9, 0.1, 0.3, 0.8])),
+                subject: &subject,
+                subject_mask: &subject_mask,
+            };
+            let shader = ops
+                .download(&ops.compose(&shader_layers, style).unwrap())
+                .unwrap();
+            let cpu = cutout_core::ops::cpu::compose(&cpu_layers, style).unwrap();
+            let diff = channel_max_diff(&shader, &cpu, 0..4);
+            assert!(
+                diff <= 1,
+                "{style:?}, all layers {all_layers}: differs by {diff}"
+            );
+        }
+    }
+}

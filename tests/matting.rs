@@ -203,19 +203,19 @@ fn guided_refinement_lowers_alpha_error_against_ground_truth() {
             } = composite(&foreground, &background);
             let band = edge_band(&truth, CANVAS[0] as usize, 8);
 
-            let uploaded = ops.upload(&photo).unwrap();
+            let image = ops.image(photo.clone()).unwrap();
             let coarse = remover
-                .masks_of(&[&photo], &[&uploaded], &mut StageTimes::default())
+                .masks_of(&[&image], &mut StageTimes::default())
                 .unwrap()
                 .remove(0);
             let plain = ops
-                .resize(&coarse, CANVAS[0], CANVAS[1], Filter::Lanczos3)
+                .resize_image(&coarse, CANVAS[0], CANVAS[1], Filter::Lanczos3)
                 .unwrap();
-            let plain = red(&ops.download(&plain).unwrap());
+            let plain = red(&ops.into_host(plain).unwrap());
             let refined = ops
-                .refine_mask(&uploaded, &coarse, Refinement::default())
+                .refine_image(&image, &coarse, Refinement::default())
                 .unwrap();
-            let refined = red(&ops.download(&refined).unwrap());
+            let refined = red(&ops.into_host(refined).unwrap());
             // What a user sees at the edge: the cut-out on white against the truth on white.
             on_white[0] += on_white_error(&photo, &plain, &colours, &truth, &band);
             on_white[1] += on_white_error(&photo, &refined, &colours, &truth, &band);

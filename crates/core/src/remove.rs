@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::wgpu_io::TensorBuffer;
 use crate::model::{self, Session};
-use crate::ops::{CutoutMode, Filter, GpuImage, ImageOps, Refinement, cpu};
+use crate::ops::{CutoutMode, Filter, GpuImage, Image, ImageOps, Refinement, cpu};
 use crate::timing::{Stage, StageTimes};
 
 /// Which burn backend runs the model. Image operations always run on the wgpu device.
@@ -45,29 +45,20 @@ pub struct Remover {
     ops: ImageOps,
     session: Session,
     refinement: Option<Refinement>,
-    /// Prepare the model's input and bring its masks to full size with `ops::cpu` instead of
-    /// the shaders: on CPU adapters, where the model runs on the CPU anyway and plain Rust
-    /// beats lavapipe (`CUTOUT_MASK_OPS=cpu|gpu` overrides, to measure either).
-    masks_on_host: bool,
 }
 
 impl Remover {
     /// Brings masks to full size as rembg does (plain Lanczos upsampling) unless
     /// [`Remover::refined`] asks for the guided filter.
     pub fn new(gpu: &Gpu, session: Session) -> Self {
-        let masks_on_host = match std::env::var("CUTOUT_MASK_OPS").as_deref() {
-            Ok("cpu") => true,
-            Ok("gpu") => false,
-            _ => !gpu.is_hardware() && !session.shares_buffers(),
-        };
-        if masks_on_host {
-            log::info!("model input and masks on the CPU (ops::cpu), effects on the adapter");
+        let ops = ImageOps::new(gpu);
+        if ops.on_host() {
+            log::info!("model input, masks, placement and compositing on the CPU (ops::cpu)");
         }
         Self {
-            ops: ImageOps::new(gpu),
+            ops,
             session,
             refinement: None,
-            masks_on_host,
         }
     }
 
@@ -114,13 +105,8 @@ impl Remover {
     }
 
     /// The model's raw masks (values 0..255 after min-max, at the model's input size) for a
-    /// batch of photos and their uploaded copies, on the device.
-    pub fn masks_of(
-        &self,
-        photos: &[&RgbaImage],
-        images: &[&GpuImage],
-        timings: &mut StageTimes,
-    ) -> Result<Vec<GpuImage>> {
+    /// batch of images.
+    pub fn masks_of(&self, images: &[&Image], timings: &mut StageTimes) -> Result<Vec<Image>> {
         if let Some(masks) = self.masks_on_device(images, timings)? {
             return Ok(masks);
         }
@@ -128,12 +114,13 @@ impl Remover {
         let size = spec.input_size as u32;
         let start = Instant::now();
         let mut input = Vec::with_capacity(images.len() * 3 * (size * size) as usize);
-        for (photo, image) in photos.iter().zip(images) {
-            if self.masks_on_host {
-                let small = cpu::resize(photo, size, size, Filter::Lanczos3);
+        for image in images {
+            if self.ops.on_host() {
+                let small = cpu::resize(self.ops.host(image)?, size, size, Filter::Lanczos3);
                 input.extend(cpu::normalize(&small, spec.mean, spec.std));
             } else {
-                let small = self.ops.resize(image, size, size, Filter::Lanczos3)?;
+                let photo = self.ops.device(image)?;
+                let small = self.ops.resize(photo, size, size, Filter::Lanczos3)?;
                 input.extend(self.ops.normalize(&small, spec.mean, spec.std)?);
             }
         }
@@ -146,7 +133,7 @@ impl Remover {
 
         output
             .chunks_exact(side * side)
-            .map(|prediction| self.ops.upload(&mask_image(prediction, size)))
+            .map(|prediction| self.ops.image(mask_image(prediction, size)))
             .collect()
     }
 
@@ -155,9 +142,9 @@ impl Remover {
     /// the CPU.
     fn masks_on_device(
         &self,
-        images: &[&GpuImage],
+        images: &[&Image],
         timings: &mut StageTimes,
-    ) -> Result<Option<Vec<GpuImage>>> {
+    ) -> Result<Option<Vec<Image>>> {
         if !self.session.shares_buffers() {
             return Ok(None);
         }
@@ -170,9 +157,10 @@ impl Remover {
         };
         let planes = (3 * side * side) as u64;
         for (i, image) in images.iter().enumerate() {
+            let photo = self.ops.device(image)?;
             let small = self
                 .ops
-                .resize(image, side as u32, side as u32, Filter::Lanczos3)?;
+                .resize(photo, side as u32, side as u32, Filter::Lanczos3)?;
             let slot = input.range(i as u64 * planes, planes);
             self.ops.normalize_into(&small, spec.mean, spec.std, slot);
         }
@@ -187,33 +175,25 @@ impl Remover {
         let masks = (0..images.len() as u64)
             .map(|i| {
                 let prediction = output.range(i * pixels, pixels);
-                self.ops.mask_from_prediction(prediction, side as u32)
+                Ok(self
+                    .ops
+                    .mask_from_prediction(prediction, side as u32)?
+                    .into())
             })
             .collect::<Result<Vec<_>>>()?;
         timings.add(Stage::Forward, start.elapsed());
         Ok(Some(masks))
     }
 
-    /// `mask` (from [`Remover::masks_of`]) at the size of `image` (`photo` uploaded).
-    pub fn full_size_mask(
-        &self,
-        photo: &RgbaImage,
-        image: &GpuImage,
-        mask: &GpuImage,
-    ) -> Result<GpuImage> {
-        if self.masks_on_host {
-            let mask = self.ops.download(mask)?;
-            let full = match self.refinement {
-                Some(refinement) => cpu::refine_mask(photo, &mask, refinement),
-                None => cpu::resize(&mask, image.width, image.height, Filter::Lanczos3),
-            };
-            return self.ops.upload(&full);
-        }
+    /// `mask` (from [`Remover::masks_of`]) at the size of `image`: refined with the photo
+    /// as guide, or upsampled.
+    pub fn full_size_mask(&self, image: &Image, mask: &Image) -> Result<Image> {
         match self.refinement {
-            Some(refinement) => self.ops.refine_mask(image, mask, refinement),
-            None => self
-                .ops
-                .resize(mask, image.width, image.height, Filter::Lanczos3),
+            Some(refinement) => self.ops.refine_image(image, mask, refinement),
+            None => {
+                let (width, height) = (image.width(), image.height());
+                self.ops.resize_image(mask, width, height, Filter::Lanczos3)
+            }
         }
     }
 
@@ -225,21 +205,21 @@ impl Remover {
     ) -> Result<(Vec<RgbaImage>, StageTimes)> {
         let mut timings = StageTimes::default();
         let start = Instant::now();
-        let uploaded = images
+        let images = images
             .iter()
-            .map(|image| self.ops.upload(image))
+            .map(|image| self.ops.image(image.clone()))
             .collect::<Result<Vec<_>>>()?;
         timings.add(Stage::Preprocess, start.elapsed());
-        let photos: Vec<&RgbaImage> = images.iter().collect();
-        let masks = self.masks_of(&photos, &uploaded.iter().collect::<Vec<_>>(), &mut timings)?;
+        let masks = self.masks_of(&images.iter().collect::<Vec<_>>(), &mut timings)?;
         let mut results = Vec::with_capacity(images.len());
-        for ((photo, image), mask) in images.iter().zip(&uploaded).zip(masks) {
+        for (image, mask) in images.iter().zip(masks) {
             let start = Instant::now();
-            let mask = self.full_size_mask(photo, image, &mask)?;
+            let mask = self.full_size_mask(image, &mask)?;
             timings.add(Stage::Effects, start.elapsed());
 
             let result = timings.time(Stage::Effects, || -> Result<GpuImage> {
-                let result = self.ops.cutout(image, &mask, mode)?;
+                let (image, mask) = (self.ops.device(image)?, self.ops.device(&mask)?);
+                let result = self.ops.cutout(image, mask, mode)?;
                 self.ops.finish()?;
                 Ok(result)
             })?;

@@ -11,7 +11,7 @@ use super::{BlurMode, Channels, Edit, Fill, Length, Scaling, ShadowMode};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops::{
-    BlurKind, ComposeLayers, ComposeStyle, CutoutMode, GpuImage, ImageOps, MaskStats, PlaceMap,
+    BlurKind, ComposeLayers, ComposeStyle, CutoutMode, Image, ImageOps, MaskStats, PlaceMap,
     Refinement, ShadowLayer,
 };
 use crate::remove::Remover;
@@ -41,10 +41,10 @@ pub struct Editor {
     remover: Remover,
 }
 
-/// A batch after the model ([`Editor::segment`]): each job's uploaded photo and model mask.
+/// A batch after the model ([`Editor::segment`]): each job's photo and model mask.
 pub struct Segmented {
-    uploaded: Vec<Result<GpuImage>>,
-    masks: Vec<Option<Result<GpuImage>>>,
+    photos: Vec<Result<Image>>,
+    masks: Vec<Option<Result<Image>>>,
     /// The batch's preprocess and forward time, which every job of it waited for.
     batch: StageTimes,
 }
@@ -76,27 +76,28 @@ impl Editor {
         self.finish_batch(jobs, segmented)
     }
 
-    /// The first half of [`Editor::render`]: uploads the photos and runs the model once
+    /// The first half of [`Editor::render`]: takes in the photos and runs the model once
     /// over the jobs that need it. A server can run the next batch's `segment` while this
     /// one's [`Editor::finish_batch`] runs on another thread.
     pub fn segment(&self, jobs: &[Job]) -> Segmented {
         let ops = self.ops();
         let mut timings = StageTimes::default();
-        let uploaded: Vec<Result<GpuImage>> = timings.time(Stage::Preprocess, || {
-            jobs.iter().map(|job| ops.upload(&job.image)).collect()
+        let photos: Vec<Result<Image>> = timings.time(Stage::Preprocess, || {
+            jobs.iter()
+                .map(|job| ops.image(job.image.clone()))
+                .collect()
         });
 
         let needs_model: Vec<usize> = (0..jobs.len())
-            .filter(|&i| uploaded[i].is_ok() && needs_model(&jobs[i]))
+            .filter(|&i| photos[i].is_ok() && needs_model(&jobs[i]))
             .collect();
-        let batch: Vec<&GpuImage> = needs_model
+        let batch: Vec<&Image> = needs_model
             .iter()
-            .map(|&i| uploaded[i].as_ref().expect("filtered to uploaded images"))
+            .map(|&i| photos[i].as_ref().expect("filtered to accepted images"))
             .collect();
-        let photos: Vec<&RgbaImage> = needs_model.iter().map(|&i| &jobs[i].image).collect();
-        let mut masks: Vec<Option<Result<GpuImage>>> = (0..jobs.len()).map(|_| None).collect();
+        let mut masks: Vec<Option<Result<Image>>> = (0..jobs.len()).map(|_| None).collect();
         if !batch.is_empty() {
-            match self.remover.masks_of(&photos, &batch, &mut timings) {
+            match self.remover.masks_of(&batch, &mut timings) {
                 Ok(found) => {
                     for (&i, mask) in needs_model.iter().zip(found) {
                         masks[i] = Some(Ok(mask));
@@ -111,7 +112,7 @@ impl Editor {
             }
         }
         Segmented {
-            uploaded,
+            photos,
             masks,
             batch: timings,
         }
@@ -135,12 +136,12 @@ impl Editor {
         mut done: impl FnMut(usize, Result<EditOutput>),
     ) {
         let Segmented {
-            uploaded,
+            photos,
             masks,
             batch,
         } = segmented;
         let started = Instant::now();
-        for (i, ((job, image), mask)) in jobs.iter().zip(uploaded).zip(masks).enumerate() {
+        for (i, ((job, image), mask)) in jobs.iter().zip(photos).zip(masks).enumerate() {
             let mut timings = batch;
             timings.add(Stage::QueueWait, started.elapsed());
             let result = image.and_then(|image| {
@@ -154,33 +155,34 @@ impl Editor {
     fn finish(
         &self,
         job: &Job,
-        image: &GpuImage,
-        model_mask: Option<GpuImage>,
+        image: &Image,
+        model_mask: Option<Image>,
         timings: &mut StageTimes,
     ) -> Result<EditOutput> {
         let ops = self.ops();
         let edit = &job.edit;
-        let (width, height) = (image.width, image.height);
+        let (width, height) = (image.width(), image.height());
         let roi = region_of_interest(edit, width, height)?;
 
         let start = Instant::now();
         let spill_key = match (&model_mask, edit.despill) {
             (_, false) => None,
             (Some(mask), true) => {
-                Some(background_colour(&job.image, &ops.download(mask)?).unwrap_or(GREEN))
+                Some(background_colour(&job.image, ops.host(mask)?).unwrap_or(GREEN))
             }
             (None, true) => Some(GREEN),
         };
         let mask = match model_mask {
-            Some(mask) => Some(self.remover.full_size_mask(&job.image, image, &mask)?),
+            Some(mask) => Some(self.remover.full_size_mask(image, &mask)?),
             None => None,
         };
         // Without a model mask, a job that removes the background uses the image's own alpha
         // (`needs_model` decided that, so the pixels are not scanned again here).
         let stats = match (&mask, job.edit.remove_background) {
-            (Some(mask), _) => Some(ops.mask_stats(mask, roi)?),
+            (Some(mask), _) => Some(ops.stats(mask, roi)?),
             (None, true) => {
-                let alpha = ops.cutout(image, image, CutoutMode::AlphaAsMask)?;
+                let photo = ops.device(image)?;
+                let alpha = ops.cutout(photo, photo, CutoutMode::AlphaAsMask)?;
                 Some(ops.mask_stats(&alpha, roi)?)
             }
             (None, false) => None,
@@ -213,7 +215,7 @@ impl Editor {
             offset: placement.offset.map(|v| v as f32),
             roi,
         };
-        let (subject_layer, subject_mask) = ops.place(image, mask.as_ref(), map)?;
+        let (subject_layer, subject_mask) = ops.place_image(image, mask.as_ref(), map)?;
         let canvas_side = cw.max(ch) as f32;
 
         let background_layer = match (&edit.background.blur, edit.background.fill) {
@@ -223,7 +225,8 @@ impl Editor {
                     BlurMode::Bokeh => BlurKind::Bokeh,
                 };
                 let radius = blur.radius * canvas_side;
-                Some(ops.blur(&subject_layer, Some(&subject_mask), kind, radius)?)
+                let (layer, mask) = (ops.device(&subject_layer)?, ops.device(&subject_mask)?);
+                Some(ops.blur(layer, Some(mask), kind, radius)?.into())
             }
             (None, Fill::Image(scaling)) => {
                 let background = job.background.as_ref().ok_or_else(|| {
@@ -231,9 +234,9 @@ impl Editor {
                         "the edit asks for a background image but none was given".into(),
                     )
                 })?;
-                let uploaded = ops.upload(background)?;
-                let map = cover_map(&uploaded, placement.canvas, scaling);
-                Some(ops.place(&uploaded, None, map)?.0)
+                let background = ops.image(background.clone())?;
+                let map = cover_map(&background, placement.canvas, scaling);
+                Some(ops.place_image(&background, None, map)?.0)
             }
             (None, _) => None,
         };
@@ -241,20 +244,21 @@ impl Editor {
         let shadow = match (edit.shadow, canvas_subject) {
             (Some(shadow), Some(bounds)) => {
                 let layers = shadow_layers(shadow.mode, bounds, shadow.opacity);
-                Some(ops.shadow(&subject_mask, &layers)?)
+                Some(ops.shadow(ops.device(&subject_mask)?, &layers)?.into())
             }
             _ => None,
         };
         let outline = match edit.outline {
             Some(outline) => {
-                let band = ops.outline(&subject_mask, outline.width * canvas_side)?;
+                let mask = ops.device(&subject_mask)?;
+                let band = ops.outline(mask, outline.width * canvas_side)?;
                 let blur = outline.blur_radius * canvas_side;
                 let band = if blur > 0.0 {
                     ops.blur(&band, None, BlurKind::Gaussian, blur)?
                 } else {
                     band
                 };
-                Some((band, outline.color.to_f32()))
+                Some((Image::from(band), outline.color.to_f32()))
             }
             None => None,
         };
@@ -273,7 +277,7 @@ impl Editor {
             watermark: edit.watermark,
             despill: spill_key,
         };
-        let composed = ops.compose(
+        let composed = ops.compose_image(
             &ComposeLayers {
                 background: background_layer.as_ref(),
                 shadow: shadow.as_ref(),
@@ -285,7 +289,7 @@ impl Editor {
         )?;
         ops.finish()?;
         timings.add(Stage::Effects, start.elapsed());
-        let result = timings.time(Stage::Readback, || ops.download(&composed))?;
+        let result = timings.time(Stage::Readback, || ops.into_host(composed))?;
 
         let uncertainty = match (stats, job.edit.remove_background && mask.is_some()) {
             (Some(stats), true) if stats.foreground > 0 => {
@@ -372,8 +376,8 @@ fn region_of_interest(edit: &Edit, width: u32, height: u32) -> Result<[f32; 4]> 
 }
 
 /// A background image centred on the canvas, covering it (`Fill`) or inside it (`Fit`).
-fn cover_map(image: &GpuImage, canvas: [u32; 2], scaling: Scaling) -> PlaceMap {
-    let (w, h) = (image.width as f32, image.height as f32);
+fn cover_map(image: &Image, canvas: [u32; 2], scaling: Scaling) -> PlaceMap {
+    let (w, h) = (image.width() as f32, image.height() as f32);
     let (kx, ky) = (canvas[0] as f32 / w, canvas[1] as f32 / h);
     let scale = match scaling {
         Scaling::Fill => kx.max(ky),

@@ -1,14 +1,58 @@
 use super::{GpuImage, ImageOps, grid};
 use crate::error::{Error, Result};
 
-/// The canvas-sized layers of a result, back to front.
-pub struct ComposeLayers<'a> {
-    pub background: Option<&'a GpuImage>,
-    pub shadow: Option<&'a GpuImage>,
+/// The canvas-sized layers of a result, back to front: device images, host images
+/// (`cpu::compose`) or pipeline images (`ImageOps::compose_image`).
+pub struct ComposeLayers<'a, I = GpuImage> {
+    pub background: Option<&'a I>,
+    pub shadow: Option<&'a I>,
     /// The outline band (alpha) and its straight RGBA colour.
-    pub outline: Option<(&'a GpuImage, [f32; 4])>,
-    pub subject: &'a GpuImage,
-    pub subject_mask: &'a GpuImage,
+    pub outline: Option<(&'a I, [f32; 4])>,
+    pub subject: &'a I,
+    pub subject_mask: &'a I,
+}
+
+impl<'a, I> ComposeLayers<'a, I> {
+    /// The same layers, each one converted by `convert`.
+    pub fn try_map<J>(
+        &self,
+        convert: impl Fn(&'a I) -> Result<&'a J>,
+    ) -> Result<ComposeLayers<'a, J>> {
+        Ok(ComposeLayers {
+            background: self.background.map(&convert).transpose()?,
+            shadow: self.shadow.map(&convert).transpose()?,
+            outline: match self.outline {
+                Some((band, colour)) => Some((convert(band)?, colour)),
+                None => None,
+            },
+            subject: convert(self.subject)?,
+            subject_mask: convert(self.subject_mask)?,
+        })
+    }
+
+    /// Every layer present, subject first.
+    fn all(&self) -> impl Iterator<Item = &'a I> {
+        [
+            Some(self.subject),
+            Some(self.subject_mask),
+            self.background,
+            self.shadow,
+            self.outline.map(|o| o.0),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Refuses layers of different sizes (`size` gives one layer's).
+    pub(super) fn check_sizes(&self, size: impl Fn(&I) -> (u32, u32)) -> Result<(u32, u32)> {
+        let first = size(self.subject);
+        if self.all().any(|layer| size(layer) != first) {
+            return Err(Error::InvalidArgument(
+                "compose layers differ in size".into(),
+            ));
+        }
+        Ok(first)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,7 +70,7 @@ pub struct ComposeStyle {
 /// A spill limiter for `key`: the subject loses `max(0, rgb·weights) × direction`. For pure
 /// green that is the classic limiter, green down to the mean of red and blue; for any other
 /// colour the same rule in its direction (blue: blue down to the mean of red and green).
-fn spill_limiter(key: [f32; 3]) -> ([f32; 4], [f32; 4]) {
+pub(super) fn spill_limiter(key: [f32; 3]) -> ([f32; 4], [f32; 4]) {
     let mean = key.iter().sum::<f32>() / 3.0;
     let max = key.iter().copied().fold(f32::MIN, f32::max);
     let min = key.iter().copied().fold(f32::MAX, f32::min);
@@ -63,22 +107,7 @@ impl ImageOps {
     /// premultiplied alpha, written as straight RGBA8.
     pub fn compose(&self, layers: &ComposeLayers, style: ComposeStyle) -> Result<GpuImage> {
         let subject = layers.subject;
-        let (w, h) = (subject.width, subject.height);
-        let same = |image: &GpuImage| (image.width, image.height) == (w, h);
-        let all_same = [
-            layers.background,
-            layers.shadow,
-            layers.outline.map(|o| o.0),
-        ]
-        .into_iter()
-        .flatten()
-        .chain([layers.subject_mask])
-        .all(same);
-        if !all_same {
-            return Err(Error::InvalidArgument(
-                "compose layers differ in size".into(),
-            ));
-        }
+        let (w, h) = layers.check_sizes(|image| (image.width, image.height))?;
         let (spill_weights, spill_direction) =
             style.despill.map_or(([0.0; 4], [0.0; 4]), spill_limiter);
         let params = self.uniform(&Params {

@@ -8,7 +8,10 @@
 use image::RgbaImage;
 use rayon::prelude::*;
 
-use super::{Filter, Refinement};
+use super::bbox::{CERTAIN, FOREGROUND};
+use super::compose::spill_limiter;
+use super::{ComposeLayers, ComposeStyle, Filter, MaskStats, PlaceMap, Refinement};
+use crate::error::Result;
 
 fn unorm(value: u8) -> f32 {
     value as f32 / 255.0
@@ -316,4 +319,245 @@ fn box_mean<const N: usize>(
             }
         });
     vertical
+}
+
+/// `shaders/bbox.wgsl` on the CPU: the box and counts of `mask`'s foreground (red channel)
+/// inside `roi` (`x0, y0, x1, y1` in pixels).
+pub fn mask_stats(mask: &RgbaImage, roi: [f32; 4]) -> MaskStats {
+    let width = mask.width() as usize;
+    let inside = |x: usize, y: usize| {
+        let centre = [x as f32 + 0.5, y as f32 + 0.5];
+        !(centre[0] < roi[0] || centre[1] < roi[1] || centre[0] > roi[2] || centre[1] > roi[3])
+    };
+    // Per row: [min x, max x + 1, foreground, uncertain]; rows without foreground are None.
+    let rows: Vec<Option<[u32; 4]>> = mask
+        .par_chunks_exact(width * 4)
+        .enumerate()
+        .map(|(y, row)| {
+            let mut found: Option<[u32; 4]> = None;
+            for (x, pixel) in row.chunks_exact(4).enumerate() {
+                let m = unorm(pixel[0]);
+                if m < FOREGROUND || !inside(x, y) {
+                    continue;
+                }
+                let stats = found.get_or_insert([x as u32, 0, 0, 0]);
+                stats[1] = x as u32 + 1;
+                stats[2] += 1;
+                stats[3] += (m < CERTAIN) as u32;
+            }
+            found
+        })
+        .collect();
+    let mut stats = MaskStats {
+        bbox: None,
+        foreground: 0,
+        uncertain: 0,
+    };
+    for (y, row) in rows.iter().enumerate() {
+        let Some([x0, x1, foreground, uncertain]) = *row else {
+            continue;
+        };
+        let y = y as u32;
+        stats.bbox = Some(match stats.bbox {
+            None => [x0, y, x1, y + 1],
+            Some([bx0, by0, bx1, _]) => [bx0.min(x0), by0, bx1.max(x1), y + 1],
+        });
+        stats.foreground += foreground;
+        stats.uncertain += uncertain;
+    }
+    stats
+}
+
+/// `shaders/place.wgsl` on the CPU, with `ImageOps::place`'s Lanczos shrink first: `image`
+/// and its `mask` (red channel; `None`: fully opaque) drawn onto a canvas through `map`,
+/// returned as the canvas colour (alpha: frame coverage) and the canvas mask.
+pub fn place(image: &RgbaImage, mask: Option<&RgbaImage>, map: PlaceMap) -> (RgbaImage, RgbaImage) {
+    if map.scale < 0.999 {
+        let width = ((image.width() as f32 * map.scale).round() as u32).max(1);
+        let height = ((image.height() as f32 * map.scale).round() as u32).max(1);
+        let shrunk = resize(image, width, height, Filter::Lanczos3);
+        let shrunk_mask = mask.map(|m| resize(m, width, height, Filter::Lanczos3));
+        let (sx, sy) = (
+            width as f32 / image.width() as f32,
+            height as f32 / image.height() as f32,
+        );
+        let map = PlaceMap {
+            scale: map.scale / sx,
+            roi: [
+                map.roi[0] * sx,
+                map.roi[1] * sy,
+                map.roi[2] * sx,
+                map.roi[3] * sy,
+            ],
+            ..map
+        };
+        return place_sampled(&shrunk, shrunk_mask.as_ref(), map);
+    }
+    place_sampled(image, mask, map)
+}
+
+fn place_sampled(
+    src: &RgbaImage,
+    mask: Option<&RgbaImage>,
+    map: PlaceMap,
+) -> (RgbaImage, RgbaImage) {
+    let [width, height] = map.canvas;
+    let (src_w, src_h) = (src.width() as i32, src.height() as i32);
+    let roi = map.roi;
+    let index =
+        |x: i32, y: i32| (y.clamp(0, src_h - 1) * src_w + x.clamp(0, src_w - 1)) as usize * 4;
+    let texel = |x: i32, y: i32| {
+        let at = index(x, y);
+        let p = &src.as_raw()[at..at + 4];
+        [unorm(p[0]), unorm(p[1]), unorm(p[2]), unorm(p[3])]
+    };
+    let mask_texel = |x: i32, y: i32| {
+        let q = [x.clamp(0, src_w - 1), y.clamp(0, src_h - 1)];
+        let centre = [q[0] as f32 + 0.5, q[1] as f32 + 0.5];
+        if centre[0] < roi[0] || centre[1] < roi[1] || centre[0] > roi[2] || centre[1] > roi[3] {
+            return 0.0;
+        }
+        match mask {
+            None => 1.0,
+            Some(mask) => unorm(mask.as_raw()[index(x, y)]),
+        }
+    };
+    let coverage = |lo: f32, hi: f32, extent: f32| {
+        (hi.min(extent) - lo.max(0.0)).clamp(0.0, hi - lo) / (hi - lo)
+    };
+    let mut colour = RgbaImage::new(width, height);
+    let mut canvas_mask = RgbaImage::new(width, height);
+    let row_bytes = width as usize * 4;
+    colour
+        .par_chunks_exact_mut(row_bytes)
+        .zip(canvas_mask.par_chunks_exact_mut(row_bytes))
+        .enumerate()
+        .for_each(|(y, (colour_row, mask_row))| {
+            let y = y as f32;
+            let cover_y = coverage(
+                (y - map.offset[1]) / map.scale,
+                (y + 1.0 - map.offset[1]) / map.scale,
+                src_h as f32,
+            );
+            let sy = (y + 0.5 - map.offset[1]) / map.scale - 0.5;
+            let (base_y, ty) = (sy.floor(), sy - sy.floor());
+            for (x, (out, out_mask)) in colour_row
+                .chunks_exact_mut(4)
+                .zip(mask_row.chunks_exact_mut(4))
+                .enumerate()
+            {
+                let x = x as f32;
+                let cover = coverage(
+                    (x - map.offset[0]) / map.scale,
+                    (x + 1.0 - map.offset[0]) / map.scale,
+                    src_w as f32,
+                ) * cover_y;
+                if cover <= 0.0 {
+                    continue;
+                }
+                let sx = (x + 0.5 - map.offset[0]) / map.scale - 0.5;
+                let (base_x, tx) = (sx.floor(), sx - sx.floor());
+                let (bx, by) = (base_x as i32, base_y as i32);
+                let corners = [(bx, by), (bx + 1, by), (bx, by + 1), (bx + 1, by + 1)];
+                let c = corners.map(|(x, y)| texel(x, y));
+                let m = corners.map(|(x, y)| mask_texel(x, y));
+                let w = [
+                    (1.0 - tx) * (1.0 - ty),
+                    tx * (1.0 - ty),
+                    (1.0 - tx) * ty,
+                    tx * ty,
+                ];
+                let a = [0, 1, 2, 3].map(|k| c[k][3] * w[k]);
+                let alpha_sum = a[0] + a[1] + a[2] + a[3];
+                let mut rgb = [0.0f32; 3];
+                if alpha_sum > 0.0 {
+                    rgb = [0, 1, 2].map(|ch| {
+                        (c[0][ch] * a[0] + c[1][ch] * a[1] + c[2][ch] * a[2] + c[3][ch] * a[3])
+                            / alpha_sum
+                    });
+                }
+                let mask = (m[0] * w[0] + m[1] * w[1] + m[2] * w[2] + m[3] * w[3]) * alpha_sum;
+                out.copy_from_slice(&[
+                    to_unorm8(rgb[0]),
+                    to_unorm8(rgb[1]),
+                    to_unorm8(rgb[2]),
+                    to_unorm8(cover * alpha_sum),
+                ]);
+                out_mask.copy_from_slice(&[to_unorm8(mask * cover), 0, 0, 255]);
+            }
+        });
+    (colour, canvas_mask)
+}
+
+/// `shaders/compose.wgsl` on the CPU: background, shadow, outline, subject and watermark in
+/// premultiplied alpha, written as straight RGBA8.
+pub fn compose(layers: &ComposeLayers<RgbaImage>, style: ComposeStyle) -> Result<RgbaImage> {
+    let (width, height) = layers.check_sizes(|image| image.dimensions())?;
+    let (weights, direction) = style.despill.map_or(([0.0; 4], [0.0; 4]), spill_limiter);
+    let premultiply = |c: [f32; 4]| [c[0] * c[3], c[1] * c[3], c[2] * c[3], c[3]];
+    let over =
+        |top: [f32; 4], below: [f32; 4]| [0, 1, 2, 3].map(|k| top[k] + below[k] * (1.0 - top[3]));
+    let texel = |image: &RgbaImage, i: usize| {
+        let p = &image.as_raw()[i * 4..i * 4 + 4];
+        [unorm(p[0]), unorm(p[1]), unorm(p[2]), unorm(p[3])]
+    };
+    let background_color = premultiply(style.background_color);
+    let matte = premultiply(style.matte);
+    let mut out = RgbaImage::new(width, height);
+    out.par_chunks_exact_mut(width as usize * 4)
+        .enumerate()
+        .for_each(|(y, row)| {
+            for (x, dst) in row.chunks_exact_mut(4).enumerate() {
+                let i = y * width as usize + x;
+                let mut color = background_color;
+                if let Some(background) = layers.background {
+                    color = over(premultiply(texel(background, i)), color);
+                }
+                if let Some(shadow) = layers.shadow {
+                    color = over([0.0, 0.0, 0.0, texel(shadow, i)[3]], color);
+                }
+                if let Some((band, outline)) = layers.outline {
+                    let a = texel(band, i)[3] * outline[3];
+                    color = over([outline[0] * a, outline[1] * a, outline[2] * a, a], color);
+                }
+                let pixel = texel(layers.subject, i);
+                let spill = (pixel[0] * weights[0] + pixel[1] * weights[1] + pixel[2] * weights[2])
+                    .max(0.0);
+                let rgb = [0, 1, 2].map(|c| pixel[c] - spill * direction[c]);
+                let alpha = texel(layers.subject_mask, i)[0];
+                color = over(
+                    [rgb[0] * alpha, rgb[1] * alpha, rgb[2] * alpha, alpha],
+                    color,
+                );
+                if style.watermark {
+                    let a = watermark_alpha(x, y);
+                    color = over([a; 4], color);
+                }
+                if style.channels == 2 {
+                    let v = to_unorm8(alpha);
+                    dst.copy_from_slice(&[v, v, v, 255]);
+                    continue;
+                }
+                if style.channels == 1 {
+                    color = over(color, matte);
+                }
+                let straight = if color[3] > 0.0 {
+                    [0, 1, 2].map(|c| color[c] / color[3])
+                } else {
+                    [0.0; 3]
+                };
+                dst.copy_from_slice(&[
+                    to_unorm8(straight[0]),
+                    to_unorm8(straight[1]),
+                    to_unorm8(straight[2]),
+                    to_unorm8(color[3]),
+                ]);
+            }
+        });
+    Ok(out)
+}
+
+/// `watermark_alpha` of `shaders/compose.wgsl`: diagonal translucent white stripes.
+fn watermark_alpha(x: usize, y: usize) -> f32 {
+    if (x + y) % 96 < 24 { 0.35 } else { 0.0 }
 }

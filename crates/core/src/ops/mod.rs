@@ -7,6 +7,7 @@ mod blur;
 mod compose;
 pub mod cpu;
 mod cutout;
+mod located;
 mod mask;
 mod normalize;
 mod outline;
@@ -19,6 +20,7 @@ pub use bbox::MaskStats;
 pub use blur::BlurKind;
 pub use compose::{ComposeLayers, ComposeStyle};
 pub use cutout::CutoutMode;
+pub use located::Image;
 pub use place::PlaceMap;
 pub use refine::Refinement;
 pub use resize::Filter;
@@ -82,10 +84,24 @@ pub struct ImageOps {
     shadow: shadow::Pipelines,
     refine: refine::Pipelines,
     compose: wgpu::ComputePipeline,
+    on_host: bool,
 }
 
 impl ImageOps {
+    /// On a CPU adapter (lavapipe) the operations with a CPU version (`ops::cpu`) run on
+    /// the host, where plain Rust over rayon's threads costs a fraction of lavapipe's
+    /// time; `CUTOUT_HOST_OPS=1|0` overrides the choice, to measure either.
     pub fn new(gpu: &Gpu) -> Self {
+        let on_host = match std::env::var("CUTOUT_HOST_OPS").as_deref() {
+            Ok("1") => true,
+            Ok("0") => false,
+            _ => !gpu.is_hardware(),
+        };
+        Self::with_host_ops(gpu, on_host)
+    }
+
+    /// Operations with a CPU version run on the host when `on_host`, else as shaders.
+    pub fn with_host_ops(gpu: &Gpu, on_host: bool) -> Self {
         let resize = compile(
             gpu,
             "resize",
@@ -124,7 +140,13 @@ impl ImageOps {
             shadow: shadow::Pipelines::new(gpu, &shadow),
             refine: refine::Pipelines::new(gpu, &refine),
             compose: pipeline(gpu, &compose, "main"),
+            on_host,
         }
+    }
+
+    /// Whether the operations with a CPU version run on the host (see [`ImageOps::new`]).
+    pub fn on_host(&self) -> bool {
+        self.on_host
     }
 
     pub fn gpu(&self) -> &Gpu {
