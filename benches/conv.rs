@@ -1,5 +1,6 @@
 //! U²-Net's and IS-Net's convolution shapes on the CPU: burn flex's im2col + gemm convolution (the
-//! baseline) against cutout's direct kernel (`model::cpu_conv`), in the same process.
+//! baseline) against cutout's kernels (`model::cpu_conv`: Winograd where it pays, and the
+//! direct kernel alone), in the same process.
 //! Throughput is in FLOP (2 per multiply-add).
 
 use burn::tensor::module::conv2d;
@@ -25,6 +26,10 @@ fn benches(c: &mut Criterion) {
         (32, 16, 320, 1),
         (64, 16, 160, 1),
         (16, 64, 160, 1),
+        (128, 16, 320, 1),
+        (32, 64, 320, 1),
+        (32, 32, 320, 1),
+        (64, 32, 160, 1),
         (16, 16, 20, 8),
         (64, 64, 512, 1),
         (1024, 256, 64, 1),
@@ -58,8 +63,12 @@ fn benches(c: &mut Criterion) {
             data: &input,
             channels: cin,
         }];
-        group.bench_function(format!("{name}: cutout direct"), |bench| {
+        group.bench_function(format!("{name}: cutout"), |bench| {
             bench.iter(|| packed.forward(&planes, 1, [side, side], true))
+        });
+        let direct = packed.without_winograd();
+        group.bench_function(format!("{name}: cutout direct"), |bench| {
+            bench.iter(|| direct.forward(&planes, 1, [side, side], true))
         });
     }
     group.finish();

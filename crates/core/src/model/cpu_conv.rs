@@ -9,6 +9,8 @@
 //! applied as the tile is stored, and inputs given in pieces (a decoder's upsampled features
 //! and its skip) are concatenated while padding, so neither costs a pass of its own.
 
+mod winograd;
+
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
@@ -104,6 +106,9 @@ pub struct PackedConv {
     dilation: usize,
     /// `[output block][input channel][tap][block lane]`, zero past the last output channel.
     weights: Vec<f32>,
+    /// For 3×3 kernels at dilation 1 with channels enough, the weights transformed for
+    /// Winograd (`winograd.rs`).
+    winograd: Option<Vec<f32>>,
     bias: Vec<f32>,
 }
 
@@ -150,6 +155,8 @@ impl PackedConv {
                 }
             }
         }
+        let winograd = (size == 3 && dilation == 1 && winograd::suits([in_channels, out_channels]))
+            .then(|| winograd::transform_weights(weight, [out_channels, in_channels], block));
         Some(Self {
             kernel,
             in_channels,
@@ -157,12 +164,22 @@ impl PackedConv {
             size,
             dilation,
             weights,
+            winograd,
             bias: bias.to_vec(),
         })
     }
 
     pub fn out_channels(&self) -> usize {
         self.out_channels
+    }
+
+    /// The same convolution without Winograd, always by the direct kernel (benches compare
+    /// the two).
+    pub fn without_winograd(self) -> Self {
+        Self {
+            winograd: None,
+            ..self
+        }
     }
 
     /// Convolves `batch` images whose channels arrive in `parts`, concatenated in order,
@@ -179,6 +196,23 @@ impl PackedConv {
         for part in parts {
             assert_eq!(part.data.len(), batch * part.channels * height * width);
         }
+        if let Some(weights) = &self.winograd
+            && winograd::fills(width, self.kernel.tile())
+        {
+            return self.forward_winograd(weights, parts, batch, [height, width], relu);
+        }
+        self.forward_direct(parts, batch, [height, width], relu)
+    }
+
+    /// [`PackedConv::forward`] by the direct kernel, for any size and dilation.
+    fn forward_direct(
+        &self,
+        parts: &[Planes],
+        batch: usize,
+        [height, width]: [usize; 2],
+        relu: bool,
+    ) -> Vec<f32> {
+        let in_channels = self.in_channels;
         let (block, tile_width) = (self.kernel.block(), self.kernel.tile());
         let pad = self.dilation * (self.size - 1) / 2;
         // Padded rows are whole tiles wide (plus the border) so no tile reads out of bounds.
@@ -521,7 +555,14 @@ mod tests {
             .map(|(data, &channels)| Planes { data, channels })
             .collect();
         for relu in [false, true] {
-            let got = conv.forward(&planes, batch, size, relu);
+            let mut runs = vec![
+                ("chosen", conv.forward(&planes, batch, size, relu)),
+                ("direct", conv.forward_direct(&planes, batch, size, relu)),
+            ];
+            if let Some(weights) = &conv.winograd {
+                let winograd = conv.forward_winograd(weights, &planes, batch, size, relu);
+                runs.push(("winograd", winograd));
+            }
             let want = reference(
                 &joined,
                 [batch, total_in, h, w],
@@ -531,12 +572,14 @@ mod tests {
                 d,
                 relu,
             );
-            let worst = max_abs_diff(&got, &want);
-            assert!(
-                worst < 1e-5 * (total_in * k * k) as f32,
-                "{kernel:?}: batch {batch}, in {cin:?}, out {cout}, {k}x{k}, {h}x{w}, \
-                 dilation {d}: off by {worst}"
-            );
+            for (method, got) in runs {
+                let worst = max_abs_diff(&got, &want);
+                assert!(
+                    worst < 1e-5 * (total_in * k * k) as f32,
+                    "{kernel:?} {method}: batch {batch}, in {cin:?}, out {cout}, {k}x{k}, \
+                     {h}x{w}, dilation {d}: off by {worst}"
+                );
+            }
         }
     }
 
@@ -549,6 +592,10 @@ mod tests {
             check(kernel, 1, [6, 0], [1, 3], [5, 7], 8);
             check(kernel, 2, [6, 0], [1, 1], [11, 13], 1);
             check(kernel, 1, [4, 2], [20, 1], [3, 70], 1);
+            // Winograd's shapes: odd sizes, rows across chunks, > 64 channels summed in runs.
+            check(kernel, 2, [40, 30], [20, 3], [13, 70], 1);
+            check(kernel, 1, [32, 0], [32, 3], [1, 2], 1);
+            check(kernel, 1, [40, 0], [24, 3], [6, 150], 1);
         }
     }
 
