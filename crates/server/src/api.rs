@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::State;
 use crate::body::{self, BodyError, Form};
 use crate::fetch::{self, FetchError};
-use crate::keys::Key;
+use crate::keys::{Key, Reservation};
 use crate::limit::{self, Budget};
 use crate::queue::Rejected;
 use crate::respond::{Dialect, Failure, Reply, error_reply, json_reply};
@@ -121,18 +121,25 @@ fn authenticate<'a>(
     }
 }
 
-fn charge_check(state: &State, key: Option<&Key>, credits: f64) -> Result<(), Failure> {
-    if let Some(key) = key
-        && state.config.keys.used(&key.hash) + credits > state.config.monthly_credits
+/// Holds the request's credits until its image is ready (no key: nothing to hold).
+fn reserve_credits<'a>(
+    state: &'a State,
+    key: Option<&Key>,
+    credits: f64,
+) -> Result<Option<Reservation<'a>>, Failure> {
+    let Some(key) = key else { return Ok(None) };
+    match state
+        .config
+        .keys
+        .reserve(&key.hash, credits, state.config.monthly_credits)
     {
-        let code = "insufficient_credits";
-        return Err(Failure::new(
+        Some(reservation) => Ok(Some(reservation)),
+        None => Err(Failure::new(
             StatusCode::PAYMENT_REQUIRED,
-            code,
+            "insufficient_credits",
             "Insufficient credits",
-        ));
+        )),
     }
-    Ok(())
 }
 
 fn body_failure(error: BodyError, dialect: Dialect) -> Failure {
@@ -240,7 +247,8 @@ async fn render(
     let mut timings = StageTimes::default();
     timings.add(Stage::ReadBody, received.elapsed());
     let (key, credits) = (charge.key, charge.credits);
-    charge_check(state, key, credits)?;
+    // Released on every early return below (and if the client goes away mid-render).
+    let reservation = reserve_credits(state, key, credits)?;
     let limits = state.config.decode;
     let decode = |bytes: Bytes, what: &'static str| async move {
         let _permit = state.cpu_work.acquire().await.map_err(Failure::internal)?;
@@ -318,8 +326,8 @@ async fn render(
             .map_err(Failure::internal)?;
     drop(permit);
     timings.add(Stage::Encode, start.elapsed());
-    if let Some(key) = key {
-        state.config.keys.charge(&key.hash, credits);
+    if let Some(reservation) = reservation {
+        reservation.commit();
     }
     Ok(Rendered {
         encoded,

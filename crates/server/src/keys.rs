@@ -24,14 +24,26 @@ pub struct KeyStore {
     usage_path: Option<PathBuf>,
 }
 
-/// Credits used per key hash in one month.
+/// Credits used per key hash in one month, and credits held for requests in flight.
 #[derive(Debug, Default)]
 struct Usage {
     month: String,
     used: HashMap<String, f64>,
+    /// Reserved by requests still rendering; not cleared when the month turns, since those
+    /// requests are charged in the month they finish.
+    held: HashMap<String, f64>,
 }
 
 impl Usage {
+    fn unhold(&mut self, hash: &str, credits: f64) {
+        if let Some(held) = self.held.get_mut(hash) {
+            *held -= credits;
+            if *held <= 0.0 {
+                self.held.remove(hash);
+            }
+        }
+    }
+
     /// Starts a fresh month when the calendar has moved on.
     fn roll_to(&mut self, month: &str) {
         if self.month != month {
@@ -113,7 +125,11 @@ impl KeyStore {
             .collect();
         Ok(Self {
             keys,
-            usage: Mutex::new(Usage { month, used }),
+            usage: Mutex::new(Usage {
+                month,
+                used,
+                held: HashMap::new(),
+            }),
             usage_path: Some(usage_path),
         })
     }
@@ -141,13 +157,69 @@ impl KeyStore {
 
     /// Adds `credits` to this month's use of `hash` and saves the usage file.
     pub fn charge(&self, hash: &str, credits: f64) {
-        let mut usage = self.usage.lock().expect("usage lock");
+        self.settle(hash, credits, 0.0);
+    }
+
+    /// Moves `held` of `hash`'s held credits and charges `credits`, in one step.
+    fn settle(&self, hash: &str, credits: f64, held: f64) {
+        // Also called while unwinding (a dropped reservation): a poisoned lock still holds
+        // consistent counts, since no code panics between its updates.
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        usage.unhold(hash, held);
+        if credits == 0.0 {
+            return;
+        }
         usage.roll_to(&this_month());
         *usage.used.entry(hash.to_string()).or_default() += credits;
         if let Some(path) = &self.usage_path
             && let Err(e) = save_usage(path, &usage)
         {
             log::warn!("could not save key usage to {}: {e}", path.display());
+        }
+    }
+
+    /// Holds `credits` of `hash`'s monthly `allowance` for one request, or `None` when what
+    /// it used this month and what requests in flight hold leave less than that. Checking and
+    /// holding are one step, so parallel requests can never spend a credit twice.
+    pub fn reserve(&self, hash: &str, credits: f64, allowance: f64) -> Option<Reservation<'_>> {
+        let mut usage = self.usage.lock().expect("usage lock");
+        usage.roll_to(&this_month());
+        let used = usage.used.get(hash).copied().unwrap_or(0.0);
+        let held = usage.held.entry(hash.to_string()).or_default();
+        if used + *held + credits > allowance {
+            return None;
+        }
+        *held += credits;
+        Some(Reservation {
+            store: self,
+            hash: Some(hash.to_string()),
+            credits,
+        })
+    }
+}
+
+/// Credits held for one request: charged by [`Reservation::commit`] once its image is
+/// ready, given back when dropped without it (an error, a client gone, a panic).
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    store: &'a KeyStore,
+    /// `None` once committed.
+    hash: Option<String>,
+    credits: f64,
+}
+
+impl Reservation<'_> {
+    pub fn commit(mut self) {
+        if let Some(hash) = self.hash.take() {
+            self.store.settle(&hash, self.credits, self.credits);
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(hash) = &self.hash {
+            self.store.settle(hash, 0.0, self.credits);
         }
     }
 }
@@ -227,6 +299,25 @@ mod tests {
         assert!(revoke(&path, "shop").unwrap());
         assert!(KeyStore::load(&path).unwrap().find(&key).is_none());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reservations_hold_credits_until_committed_or_dropped() {
+        let store = KeyStore::default();
+        let first = store.reserve("k", 1.0, 2.0).expect("2 credits left");
+        let second = store.reserve("k", 1.0, 2.0).expect("1 credit left");
+        assert!(store.reserve("k", 0.25, 2.0).is_none(), "both credits held");
+        drop(second);
+        assert_eq!(store.used("k"), 0.0);
+        first.commit();
+        assert_eq!(store.used("k"), 1.0);
+        let last = store
+            .reserve("k", 1.0, 2.0)
+            .expect("the dropped hold came back");
+        assert!(store.reserve("k", 0.25, 2.0).is_none());
+        last.commit();
+        assert_eq!(store.used("k"), 2.0);
+        assert!(store.reserve("other", 1.0, 2.0).is_some(), "per key");
     }
 
     #[test]

@@ -653,3 +653,48 @@ fn simple_api_options_and_documented_errors() {
         (400, "image_too_large")
     );
 }
+
+#[test]
+fn parallel_requests_never_overdraw_credits() {
+    let dir = std::env::temp_dir().join(format!("cutout-http-credits-{}", std::process::id()));
+    let path = dir.join("keys");
+    let key = cutout_server::keys::create(&path, "shop", false).unwrap();
+    let config = Config {
+        keys: KeyStore::load(&path).unwrap(),
+        monthly_credits: 10.0,
+        ..Config::default()
+    };
+    let addr = start(config);
+    let header = format!("x-api-key: {key}");
+    let image = format!("image_file={}", photo());
+    let replies: Vec<Reply> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..50)
+            .map(|_| scope.spawn(|| curl(addr, "/v1/segment", &["-H", &header, "-F", &image])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 402).count(),
+        40,
+        "{statuses:?}"
+    );
+    for reply in replies.iter().filter(|r| r.status == 200) {
+        assert_eq!(reply.header("x-credits-charged"), Some("1"));
+    }
+    let account = curl(addr, "/v1/account", &["-H", &header]).json();
+    assert_eq!(account["credits"]["available"], 0.0, "{account}");
+    // A refused request held nothing: the key's whole allowance was spent on images.
+    assert_eq!(
+        KeyStore::load(&path)
+            .unwrap()
+            .used(&cutout_server::keys::hash(&key)),
+        10.0
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
