@@ -53,13 +53,16 @@ pub(super) fn transform_weights(
     packed
 }
 
-/// Whether Winograd beats the direct kernel on `in_channels → out_channels`. Its transforms
-/// cost per channel and pixel, its products per channel pair: measured on U²-Net's and
-/// IS-Net's shapes (`benches/conv.rs`) it wins where `1/in + 1/out < 1/14` (32→32: 1.1×,
-/// 32→64: 1.35×, 64→64: 1.5×, 1024→256: 1.9×) and loses on narrower layers (16→16: 0.75×,
-/// 64→16: 0.8×).
+/// Whether Winograd beats the direct kernel on `in_channels → out_channels`. Its input
+/// transform costs per input channel and pixel, its output transform less per output
+/// channel, its products per channel pair; measured on U²-Net's and IS-Net's shapes
+/// (`benches/conv.rs`, 2-core Zen 4) it wins where `19·in + 7·out < in·out` (16→64: 1.2×,
+/// 32→32: 1.4×, 32→64: 1.4×, 64→64: 1.6×) and loses below (16→16: 0.85×, 64→16: 0.75×).
+/// Above `CHANNELS_PER_SUM` input channels the direct kernel sums in runs, and Winograd
+/// also wins on 128→16 (1.3×) and 1024→256 (1.9×).
 pub(super) fn suits([in_channels, out_channels]: [usize; 2]) -> bool {
-    in_channels * out_channels >= 14 * (in_channels + out_channels)
+    19 * in_channels + 7 * out_channels < in_channels * out_channels
+        || (in_channels > CHANNELS_PER_SUM && out_channels >= 16)
 }
 
 /// Whether rows `width` pixels wide fill Winograd's chunks well enough: per pixel and channel
@@ -85,19 +88,23 @@ impl PackedConv {
         let tiles = self.kernel.tile();
         let tiles_y = height.div_ceil(2);
         let chunks = width.div_ceil(2).div_ceil(tiles);
-        // Whole chunks of tiles wide and whole tiles high, plus the border, so every window
-        // is inside.
-        let row = 2 * chunks * tiles + 2;
-        let plane = (2 * tiles_y + 2) * row;
-        let padded = self.pad(parts, batch, [height, width], 1, row, plane);
+        // Every (image, input channel) plane, the parts concatenated; windows are read from
+        // them in place, with zeros outside (no padded copy).
+        let planes: Vec<&[f32]> = (0..batch)
+            .flat_map(|n| {
+                parts.iter().flat_map(move |part| {
+                    part.data[n * part.channels * height * width..]
+                        [..part.channels * height * width]
+                        .chunks_exact(height * width)
+                })
+            })
+            .collect();
 
         let shape = Shape {
             in_channels: self.in_channels,
             out_channels: self.out_channels,
             height,
             width,
-            row,
-            plane,
         };
         let len = batch * self.out_channels * height * width;
         let mut out = Vec::<f32>::with_capacity(len);
@@ -115,8 +122,6 @@ impl PackedConv {
                     job / chunks % tiles_y,
                     job % chunks,
                 );
-                let image = &padded[n * self.in_channels * plane..][..self.in_channels * plane];
-                let window = &image[2 * ty * row + 2 * chunk * tiles..];
                 let job = Job {
                     shape: &shape,
                     weights,
@@ -129,12 +134,13 @@ impl PackedConv {
                         + 2 * chunk * tiles,
                     rows: (height - 2 * ty).min(2),
                     columns: (width - 2 * chunk * tiles).min(2 * tiles),
+                    corner: [2 * ty, 2 * chunk * tiles],
                 };
-                // SAFETY: `kernel` is one this CPU has (as for the direct kernel); the window
-                // holds every channel's 4 rows of `2·tiles + 2` values (the padding above);
-                // the scratch is sized for these channels; the job's output rows and
-                // columns are inside the output and written by this job only.
-                unsafe { run_job(kernel, &job, window, scratch) };
+                let planes = &planes[n * self.in_channels..][..self.in_channels];
+                // SAFETY: `kernel` is one this CPU has (as for the direct kernel); the scratch
+                // is sized for these channels; the job's output rows and columns are inside
+                // the output and written by this job only.
+                unsafe { run_job(kernel, &job, planes, scratch) };
             },
         );
         // SAFETY: the jobs above wrote every (image, channel, row, column) of the output.
@@ -148,8 +154,6 @@ struct Shape {
     out_channels: usize,
     height: usize,
     width: usize,
-    row: usize,
-    plane: usize,
 }
 
 /// One row of tiles of one chunk, for every output channel.
@@ -162,6 +166,9 @@ struct Job<'a> {
     out_start: usize,
     rows: usize,
     columns: usize,
+    /// The first output row and column, which are also the first input row and column of
+    /// the windows in padded coordinates.
+    corner: [usize; 2],
 }
 
 /// A worker's buffers: `Bᵀ d B` as `[position][input channel][tile]`, and the products as
@@ -176,13 +183,13 @@ struct Scratch {
 ///
 /// # Safety
 /// As at the call in `forward_winograd`.
-unsafe fn run_job(kernel: Kernel, job: &Job, window: &[f32], scratch: &mut Scratch) {
+unsafe fn run_job(kernel: Kernel, job: &Job, planes: &[&[f32]], scratch: &mut Scratch) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { x86::job_avx512(job, window, scratch) },
+        Kernel::Avx512 => unsafe { x86::job_avx512(job, planes, scratch) },
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { x86::job_avx2(job, window, scratch) },
-        _ => unsafe { run::<16>(Kernel::Portable, job, window, scratch) },
+        Kernel::Avx2 => unsafe { x86::job_avx2(job, planes, scratch) },
+        _ => unsafe { run::<16>(Kernel::Portable, job, planes, scratch) },
     }
 }
 
@@ -193,15 +200,15 @@ mod x86 {
     /// # Safety
     /// Needs AVX-512F; otherwise as [`run`].
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn job_avx512(job: &Job, window: &[f32], scratch: &mut Scratch) {
-        unsafe { run::<32>(Kernel::Avx512, job, window, scratch) }
+    pub unsafe fn job_avx512(job: &Job, planes: &[&[f32]], scratch: &mut Scratch) {
+        unsafe { run::<32>(Kernel::Avx512, job, planes, scratch) }
     }
 
     /// # Safety
     /// Needs AVX2 and FMA; otherwise as [`run`].
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn job_avx2(job: &Job, window: &[f32], scratch: &mut Scratch) {
-        unsafe { run::<16>(Kernel::Avx2, job, window, scratch) }
+    pub unsafe fn job_avx2(job: &Job, planes: &[&[f32]], scratch: &mut Scratch) {
+        unsafe { run::<16>(Kernel::Avx2, job, planes, scratch) }
     }
 }
 
@@ -209,22 +216,23 @@ mod x86 {
 /// position, and transforms the products back into two output rows.
 ///
 /// # Safety
-/// `kernel` must be one this CPU supports, with `kernel.tile() == TILES`; `window` as at the
-/// call in `forward_winograd`; `job`'s output range inside the output and this job's alone.
+/// `kernel` must be one this CPU supports, with `kernel.tile() == TILES`; `job`'s output range
+/// inside the output and this job's alone.
 #[inline(always)]
 unsafe fn run<const TILES: usize>(
     kernel: Kernel,
     job: &Job,
-    window: &[f32],
+    planes: &[&[f32]],
     scratch: &mut Scratch,
 ) {
     let shape = job.shape;
     let (in_channels, block) = (shape.in_channels, kernel.block());
     let blocks = shape.out_channels.div_ceil(block);
-    for c in 0..in_channels {
+    for (c, plane) in planes.iter().enumerate() {
         transform_input::<TILES>(
-            &window[c * shape.plane..],
-            shape.row,
+            plane,
+            [shape.height, shape.width],
+            job.corner,
             &mut scratch.transformed,
             c,
             in_channels,
@@ -272,20 +280,39 @@ unsafe fn run<const TILES: usize>(
     }
 }
 
-/// `Bᵀ d B` of channel `c`'s TILES windows (4 rows of `2·TILES + 2` values from `window`),
-/// into `transformed[position][c][tile]`.
+/// `Bᵀ d B` of channel `c`'s TILES windows, into `transformed[position][c][tile]`: the
+/// windows of `plane` (`height × width`) whose top left corner, counting the zero border
+/// around the plane, is `corner`.
 #[inline(always)]
 fn transform_input<const TILES: usize>(
-    window: &[f32],
-    row: usize,
+    plane: &[f32],
+    [height, width]: [usize; 2],
+    [top, left]: [usize; 2],
     transformed: &mut [f32],
     c: usize,
     in_channels: usize,
 ) {
     // d B along each of the window's 4 rows: [row][column of the tile][tile].
     let mut rows = [[[0.0f32; TILES]; 4]; 4];
+    let mut edge = [0.0f32; 2 * 32 + 2];
+    let span = 2 * TILES + 2;
     for (r, out) in rows.iter_mut().enumerate() {
-        let line = &window[r * row..][..2 * TILES + 2];
+        // Row `top + r - 1` of the plane, columns `left - 1 .. left - 1 + span`.
+        let y = (top + r).wrapping_sub(1);
+        if y >= height {
+            continue; // the border: d B of zeros is zero
+        }
+        let source = &plane[y * width..][..width];
+        let line = if left >= 1 && left + span - 1 <= width {
+            &source[left - 1..][..span]
+        } else {
+            let first = left.saturating_sub(1);
+            let last = (left + span - 1).min(width);
+            let offset = first + 1 - left;
+            edge.fill(0.0);
+            edge[offset..][..last - first].copy_from_slice(&source[first..last]);
+            &edge[..span]
+        };
         for t in 0..TILES {
             let [d0, d1, d2, d3] = [
                 line[2 * t],
