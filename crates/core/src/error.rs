@@ -41,6 +41,9 @@ pub enum Error {
     NoAdapter(String),
     #[error("invalid value: {0}")]
     InvalidArgument(String),
+    /// The region of interest does not fit the image (known only once it is decoded).
+    #[error("roi: the region of interest {0}")]
+    InvalidRoi(&'static str),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -283,13 +283,11 @@ async fn render(
         .await
     {
         Ok(Ok(output)) => output,
+        Ok(Err(error @ cutout_core::Error::InvalidRoi(_))) => {
+            return Err(Failure::bad_request("invalid_roi", error.to_string()));
+        }
         Ok(Err(cutout_core::Error::InvalidArgument(message))) => {
-            let code = if message.starts_with("roi") {
-                "invalid_roi"
-            } else {
-                "validation_error"
-            };
-            return Err(Failure::bad_request(code, message));
+            return Err(Failure::bad_request("validation_error", message));
         }
         Ok(Err(cutout_core::Error::TooLarge(message))) => {
             return Err(Failure::bad_request("resolution_too_high", message));

@@ -340,8 +340,14 @@ fn removebg_multipart_zip() {
 #[test]
 fn removebg_errors_use_its_shape() {
     let image = format!("image_file={}", photo());
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["-F", "size=auto"], "missing_source"),
+        // Known to be wrong only once the image (451×300) is decoded.
+        (&["-F", &image, "-F", "roi=0 0 600px 300px"], "invalid_roi"),
+        (
+            &["-F", &image, "-F", "roi=200px 0 100px 300px"],
+            "invalid_roi",
+        ),
         (&["-F", &image, "-F", "scale=5%"], "invalid_scale"),
         (
             &[

@@ -363,14 +363,10 @@ fn region_of_interest(edit: &Edit, width: u32, height: u32) -> Result<[f32; 4]> 
         resolve(roi[3], height),
     ];
     if r[2] > width as f32 + 0.5 || r[3] > height as f32 + 0.5 {
-        return Err(Error::InvalidArgument(
-            "roi: the region of interest exceeds the image bounds".into(),
-        ));
+        return Err(Error::InvalidRoi("exceeds the image bounds"));
     }
     if r[2] <= r[0] || r[3] <= r[1] {
-        return Err(Error::InvalidArgument(
-            "roi: the region of interest is empty".into(),
-        ));
+        return Err(Error::InvalidRoi("is empty"));
     }
     Ok(r)
 }
