@@ -293,15 +293,7 @@ impl PackedConv {
         plane: usize,
     ) -> Vec<f32> {
         let mut padded = vec![0.0f32; batch * self.in_channels * plane];
-        let sources: Vec<&[f32]> = (0..batch)
-            .flat_map(|n| {
-                parts.iter().flat_map(move |part| {
-                    part.data[n * part.channels * height * width..]
-                        [..part.channels * height * width]
-                        .chunks_exact(height * width)
-                })
-            })
-            .collect();
+        let sources = channel_planes(parts, batch, [height, width]);
         padded
             .par_chunks_mut(plane)
             .zip(sources.par_iter())
@@ -312,6 +304,22 @@ impl PackedConv {
             });
         padded
     }
+}
+
+/// Every (image, input channel) plane of `height × width`, `parts` concatenated in order.
+fn channel_planes<'a>(
+    parts: &[Planes<'a>],
+    batch: usize,
+    [height, width]: [usize; 2],
+) -> Vec<&'a [f32]> {
+    (0..batch)
+        .flat_map(|n| {
+            parts.iter().flat_map(move |part| {
+                part.data[n * part.channels * height * width..][..part.channels * height * width]
+                    .chunks_exact(height * width)
+            })
+        })
+        .collect()
 }
 
 /// The output buffer, shared by jobs that write disjoint rows of it.

@@ -372,25 +372,9 @@ pub fn mask_stats(mask: &RgbaImage, roi: [f32; 4]) -> MaskStats {
 /// and its `mask` (red channel; `None`: fully opaque) drawn onto a canvas through `map`,
 /// returned as the canvas colour (alpha: frame coverage) and the canvas mask.
 pub fn place(image: &RgbaImage, mask: Option<&RgbaImage>, map: PlaceMap) -> (RgbaImage, RgbaImage) {
-    if map.scale < 0.999 {
-        let width = ((image.width() as f32 * map.scale).round() as u32).max(1);
-        let height = ((image.height() as f32 * map.scale).round() as u32).max(1);
+    if let Some(([width, height], map)) = map.shrink(image.width(), image.height()) {
         let shrunk = resize(image, width, height, Filter::Lanczos3);
         let shrunk_mask = mask.map(|m| resize(m, width, height, Filter::Lanczos3));
-        let (sx, sy) = (
-            width as f32 / image.width() as f32,
-            height as f32 / image.height() as f32,
-        );
-        let map = PlaceMap {
-            scale: map.scale / sx,
-            roi: [
-                map.roi[0] * sx,
-                map.roi[1] * sy,
-                map.roi[2] * sx,
-                map.roi[3] * sy,
-            ],
-            ..map
-        };
         return place_sampled(&shrunk, shrunk_mask.as_ref(), map);
     }
     place_sampled(image, mask, map)

@@ -11,6 +11,36 @@ pub struct PlaceMap {
     pub roi: [f32; 4],
 }
 
+impl PlaceMap {
+    /// For a reduction, the size to shrink a `width × height` source to first (with the
+    /// antialiased Lanczos resize, so large reductions do not alias) and the map that places
+    /// the shrunk source where this one places the original; `None` when no shrink is due.
+    pub(super) fn shrink(self, width: u32, height: u32) -> Option<([u32; 2], PlaceMap)> {
+        if self.scale >= 0.999 {
+            return None;
+        }
+        let shrunk = [
+            ((width as f32 * self.scale).round() as u32).max(1),
+            ((height as f32 * self.scale).round() as u32).max(1),
+        ];
+        let (sx, sy) = (
+            shrunk[0] as f32 / width as f32,
+            shrunk[1] as f32 / height as f32,
+        );
+        let map = PlaceMap {
+            scale: self.scale / sx,
+            roi: [
+                self.roi[0] * sx,
+                self.roi[1] * sy,
+                self.roi[2] * sx,
+                self.roi[3] * sy,
+            ],
+            ..self
+        };
+        Some((shrunk, map))
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -35,29 +65,14 @@ impl ImageOps {
         let shrunk;
         let shrunk_mask;
         let (mut source, mut source_mask, mut map) = (image, mask, map);
-        if map.scale < 0.999 {
-            let width = ((image.width as f32 * map.scale).round() as u32).max(1);
-            let height = ((image.height as f32 * map.scale).round() as u32).max(1);
+        if let Some(([width, height], shrunk_map)) = map.shrink(image.width, image.height) {
             shrunk = self.resize(image, width, height, Filter::Lanczos3)?;
             source = &shrunk;
             if let Some(mask) = mask {
                 shrunk_mask = self.resize(mask, width, height, Filter::Lanczos3)?;
                 source_mask = Some(&shrunk_mask);
             }
-            let (sx, sy) = (
-                width as f32 / image.width as f32,
-                height as f32 / image.height as f32,
-            );
-            map = PlaceMap {
-                scale: map.scale / sx,
-                roi: [
-                    map.roi[0] * sx,
-                    map.roi[1] * sy,
-                    map.roi[2] * sx,
-                    map.roi[3] * sy,
-                ],
-                ..map
-            };
+            map = shrunk_map;
         }
         let [width, height] = map.canvas;
         let colour = self.empty_image(width, height)?;

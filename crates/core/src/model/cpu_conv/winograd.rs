@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::{
     CHANNELS_PER_SUM, Kernel, MAX_TILE_VALUES, PackedConv, Planes, SharedOut, accumulate_tile,
+    channel_planes,
 };
 
 /// Positions of the transformed 4×4 tile.
@@ -88,17 +89,8 @@ impl PackedConv {
         let tiles = self.kernel.tile();
         let tiles_y = height.div_ceil(2);
         let chunks = width.div_ceil(2).div_ceil(tiles);
-        // Every (image, input channel) plane, the parts concatenated; windows are read from
-        // them in place, with zeros outside (no padded copy).
-        let planes: Vec<&[f32]> = (0..batch)
-            .flat_map(|n| {
-                parts.iter().flat_map(move |part| {
-                    part.data[n * part.channels * height * width..]
-                        [..part.channels * height * width]
-                        .chunks_exact(height * width)
-                })
-            })
-            .collect();
+        // Windows are read from the planes in place, with zeros outside (no padded copy).
+        let planes = channel_planes(parts, batch, [height, width]);
 
         let shape = Shape {
             in_channels: self.in_channels,
