@@ -42,6 +42,9 @@ function init(args)
   next_body = (math.random(#bodies) - 1) % #bodies + 1
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. boundary
+  -- cutout's key (rembg ignores the header).
+  local key = os.getenv("CUTOUT_KEY")
+  if key then wrk.headers["X-Api-Key"] = key end
 end
 
 function request()

@@ -51,18 +51,26 @@ wait_for() { # URL: until it answers at all
 U2NET_HOME="$work/models" "$venv/bin/rembg" s --host 127.0.0.1 --port 7171 --no-ui \
     --log_level warning > "$work/rembg.log" 2>&1 &
 pids+=($!)
+# cutout meters every request as deployed: a SQLite accounts store and a key (the admin key
+# that the first start prints), so its ledger's cost is in the figures.
 RUST_LOG=cutout_server=debug "$cutout" serve --offline --addr 127.0.0.1:7172 \
-    > "$work/cutout.log" 2>&1 &
+    --store "sqlite://$work/cutout.db" --credits 10000000 --rate-limit 0 \
+    > "$work/cutout.key" 2> "$work/cutout.log" &
 pids+=($!)
 servers=("rembg s|http://127.0.0.1:7171/api/remove|file|model=u2netp"
          "cutout|http://127.0.0.1:7172/v1/segment|image_file|-")
 if [ -n "$baseline" ]; then
-    "$baseline" serve --offline --addr 127.0.0.1:7173 > "$work/baseline.log" 2>&1 &
+    # A baseline with accounts serves unmetered (builds before them had no keys by default).
+    open=()
+    if "$baseline" serve --help | grep -q -- --no-auth; then open=(--no-auth); fi
+    "$baseline" serve --offline --addr 127.0.0.1:7173 "${open[@]}" > "$work/baseline.log" 2>&1 &
     pids+=($!)
     servers+=("baseline|http://127.0.0.1:7173/v1/segment|image_file|-")
 fi
 wait_for http://127.0.0.1:7171/api
 wait_for http://127.0.0.1:7172/health
+CUTOUT_KEY=$(tail -n 1 "$work/cutout.key")
+export CUTOUT_KEY
 [ -z "$baseline" ] || wait_for http://127.0.0.1:7173/health
 
 field() { sed -E "s/.* $1=([^ ]*).*/\1/" <<< "$2"; }

@@ -18,8 +18,10 @@ fn main() -> ExitCode {
                 .filter(|a| *a != "--full")
                 .cloned()
                 .collect();
-            test(&rest)?;
-            if full { test_full() } else { Ok(()) }
+            let postgres = ensure_postgres()?;
+            let result = test(&rest).and_then(|_| if full { test_full() } else { Ok(()) });
+            drop(postgres);
+            result
         }),
         Some("gallery") => ensure_vulkan().and_then(|_| {
             cutout(&[
@@ -48,9 +50,16 @@ fn main() -> ExitCode {
 }
 
 /// The cargo that runs this xtask, so `cargo +toolchain xtask` stays on that toolchain.
+/// Also hands the store tests the PostgreSQL that [`ensure_postgres`] found or started.
 fn cargo_command() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    if let Some(url) = TEST_DATABASE_URL.get() {
+        command.env("CUTOUT_TEST_DATABASE_URL", url);
+    }
+    command
 }
+
+static TEST_DATABASE_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn cargo(command: &[&str], extra: &[String]) -> anyhow::Result<()> {
     run(cargo_command().args(command).args(extra))
@@ -144,7 +153,130 @@ fn ensure_vulkan() -> anyhow::Result<()> {
     if !Path::new("/usr/bin/apt-get").exists() {
         bail!("no Vulkan driver found: install your GPU's driver or Mesa's lavapipe");
     }
-    eprintln!("xtask: installing Mesa's software Vulkan driver (lavapipe) and curl");
+    apt_install(&[
+        "mesa-vulkan-drivers",
+        "libvulkan1",
+        "curl",
+        "ca-certificates",
+    ])
+}
+
+/// The PostgreSQL the store tests use: `CUTOUT_TEST_DATABASE_URL`, else the default one on
+/// loopback; when nothing listens there, a throwaway cluster from Debian's `postgresql`
+/// (installed when missing), stopped and deleted when the tests end.
+fn ensure_postgres() -> anyhow::Result<Option<ThrowawayCluster>> {
+    const DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+    if let Ok(url) = std::env::var("CUTOUT_TEST_DATABASE_URL") {
+        eprintln!("xtask: store tests use {url}");
+        return Ok(None);
+    }
+    if std::net::TcpStream::connect("127.0.0.1:5432").is_ok() {
+        eprintln!("xtask: store tests use the PostgreSQL at {DEFAULT}");
+        return Ok(None);
+    }
+    let bin = match postgres_bin() {
+        Some(bin) => bin,
+        None => {
+            apt_install(&["postgresql"])?;
+            postgres_bin().context("installed postgresql but found no initdb")?
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("cutout-test-postgres-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir)?;
+    // PostgreSQL refuses to run as root: as root, the cluster belongs to `postgres`.
+    let owner = is_root().then_some("postgres");
+    if let Some(owner) = owner {
+        run(Command::new("chown").arg(owner).arg(&dir))?;
+    }
+    let as_owner = |program: &str| {
+        let mut command = match owner {
+            Some(owner) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", owner, "--"]).arg(bin.join(program));
+                c
+            }
+            None => Command::new(bin.join(program)),
+        };
+        command.stdout(std::process::Stdio::null());
+        command
+    };
+    // Installing Debian's package may have started its own cluster on 5432 (with password
+    // authentication): then the throwaway one takes a free port.
+    let port = if std::net::TcpStream::connect("127.0.0.1:5432").is_ok() {
+        std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+    } else {
+        5432
+    };
+    let data = dir.join("data");
+    run(as_owner("initdb").arg("-D").arg(&data).args([
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-sync",
+    ]))?;
+    let options = format!(
+        "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=300",
+        dir.display()
+    );
+    run(as_owner("pg_ctl")
+        .arg("-D")
+        .arg(&data)
+        .args(["-o", &options, "-l"])
+        .arg(dir.join("log"))
+        .args(["-w", "start"]))?;
+    let cluster = ThrowawayCluster {
+        stop: as_owner("pg_ctl"),
+        data,
+        dir,
+    };
+    let port = port.to_string();
+    run(as_owner("createdb").args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "test"]))?;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/test");
+    eprintln!("xtask: started a throwaway PostgreSQL for the store tests at {url}");
+    TEST_DATABASE_URL.get_or_init(|| url);
+    Ok(Some(cluster))
+}
+
+/// The folder of Debian's PostgreSQL programs (`/usr/lib/postgresql/VERSION/bin`), newest.
+fn postgres_bin() -> Option<std::path::PathBuf> {
+    let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+struct ThrowawayCluster {
+    stop: Command,
+    data: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for ThrowawayCluster {
+    fn drop(&mut self) {
+        let _ = self
+            .stop
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    if !Path::new("/usr/bin/apt-get").exists() {
+        bail!("{packages:?} missing and no apt-get to install them");
+    }
+    eprintln!("xtask: installing {}", packages.join(" "));
     let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
     let apt = |args: &[&str]| {
         let mut all = sudo.to_vec();
@@ -154,17 +286,9 @@ fn ensure_vulkan() -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))
     };
     apt(&["apt-get", "update", "-qq"])?;
-    apt(&[
-        "apt-get",
-        "install",
-        "-y",
-        "-qq",
-        "--no-install-recommends",
-        "mesa-vulkan-drivers",
-        "libvulkan1",
-        "curl",
-        "ca-certificates",
-    ])
+    let mut install = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    apt(&install)
 }
 
 fn is_root() -> bool {

@@ -174,11 +174,14 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
         .unwrap()
         .port();
     let base = format!("http://127.0.0.1:{port}");
-    let keys = std::env::temp_dir().join(format!("cutout-cli-keys-{}", std::process::id()));
     let mut server = cutout()
-        .args(["serve", "--offline", "--addr", &format!("127.0.0.1:{port}")])
-        .arg("--keys")
-        .arg(&keys)
+        .args([
+            "serve",
+            "--offline",
+            "--no-auth",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -216,4 +219,115 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
     let status = server.wait().unwrap();
     assert!(status.success(), "exits cleanly: {status}");
     assert_eq!(curl_status(&health, &[]), 0, "no longer listening");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for `condition`, checking every few milliseconds, failing after `seconds`.
+fn wait_for(what: &str, seconds: u64, mut condition: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !condition() {
+        assert!(started.elapsed().as_secs() < seconds, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn curl_text(url: &str, args: &[&str]) -> String {
+    let output = Command::new("curl")
+        .arg("-s")
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn a_server_killed_mid_request_gives_its_credit_holds_back() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("cutout-cli-kill-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = format!("sqlite://{}", dir.join("cutout.db").display());
+    let log = dir.join("log");
+    let serve = |port: u16| {
+        cutout()
+            .args(["serve", "--offline", "--addr", &format!("127.0.0.1:{port}")])
+            .args(["--store", &store, "--lease-seconds", "3"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap()
+    };
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = serve(port);
+    // First start on an empty store: one admin key, printed once to stdout.
+    let mut stdout = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("created the admin key"), "{line}");
+    let mut key = String::new();
+    stdout.read_line(&mut key).unwrap();
+    let key = key.trim().to_string();
+    assert_eq!(key.len(), 48, "{key}");
+    let health = format!("{base}/health");
+    wait_for("server did not start", 60, || {
+        curl_status(&health, &[]) == 200
+    });
+    let header = format!("x-api-key: {key}");
+    let image = format!("image_file=@{}", photo("coffee.jpg").display());
+    let account = |base: &str| curl_text(&format!("{base}/v1/account"), &["-H", &header]);
+    assert!(account(&base).contains("\"available\":10000.0"));
+
+    let segment = format!("{base}/v1/segment");
+    assert_eq!(curl_status(&segment, &["-H", &header, "-F", &image]), 200);
+    let in_flight = {
+        let (segment, header, image) = (segment.clone(), header.clone(), image.clone());
+        std::thread::spawn(move || curl_status(&segment, &["-H", &header, "-F", &image]))
+    };
+    // Queued means decoded, so its credit is held: kill the server there.
+    wait_for("the request never queued", 30, || {
+        curl_text(&health, &[]).contains("\"queued\":1")
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(
+        in_flight.join().unwrap(),
+        0,
+        "no answer from a killed server"
+    );
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut restarted = serve(port);
+    let health = format!("{base}/health");
+    wait_for("server did not restart", 60, || {
+        curl_status(&health, &[]) == 200
+    });
+    // The held credit comes back when the dead server's lease runs out: one image returned,
+    // one credit spent.
+    wait_for("the dead server's hold was never released", 30, || {
+        account(&base).contains("\"available\":9999.0")
+    });
+    restarted.kill().unwrap();
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut restarted.stdout.take().unwrap(), &mut printed).unwrap();
+    restarted.wait().unwrap();
+    assert_eq!(printed, "", "no new key when keys exist");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.contains(&key), "the key is never logged");
+    std::fs::remove_dir_all(dir).ok();
 }

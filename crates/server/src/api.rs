@@ -13,12 +13,13 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 
 use crate::State;
+use crate::accounts::Held;
 use crate::body::{self, BodyError, Form};
 use crate::fetch::{self, FetchError};
-use crate::keys::{Key, Reservation};
 use crate::limit::{self, Budget};
 use crate::queue::Rejected;
 use crate::respond::{Dialect, Failure, Reply, error_reply, json_reply};
+use crate::store::{self, Key, Plan, StoreError, UsageRow};
 
 pub async fn route(state: &State, request: Request<Incoming>) -> Reply {
     let path = request.uri().path().trim_end_matches('/').to_string();
@@ -39,24 +40,17 @@ pub async fn route(state: &State, request: Request<Incoming>) -> Reply {
             StatusCode::OK,
             json!({"status": "ok", "queued": state.queue.in_flight()}),
         )),
-        (&Method::POST, "/v1/segment") => segment(state, request).await,
-        (&Method::GET | &Method::POST, "/v2/edit") => edit(state, request).await,
-        (&Method::GET, "/v1/account" | "/v2/account") => photoroom_account(state, &request, &path),
-        (&Method::POST, "/v1.0/removebg") => remove_bg(state, request).await,
-        (&Method::GET, "/v1.0/account") => remove_bg_account(state, &request),
-        (&Method::POST, "/v1/remove-background" | "/remove-background") => {
-            simple(state, request).await
-        }
         (
             _,
-            "/v1/segment" | "/v2/edit" | "/v1/account" | "/v2/account" | "/v1.0/removebg"
-            | "/v1.0/account",
-        )
-        | (_, "/v1/remove-background" | "/remove-background") => Err(Failure::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{method} is not allowed on {path}"),
-        )),
+            "/v1/segment"
+            | "/v2/edit"
+            | "/v1/account"
+            | "/v2/account"
+            | "/v1.0/removebg"
+            | "/v1.0/account"
+            | "/v1/remove-background"
+            | "/remove-background",
+        ) => api(state, request, &path, dialect).await,
         _ => Err(Failure::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -64,6 +58,51 @@ pub async fn route(state: &State, request: Request<Incoming>) -> Reply {
         )),
     };
     result.unwrap_or_else(|failure| error_reply(dialect, &failure))
+}
+
+/// The API endpoints: the caller's key first (so no route can skip it), then the handler;
+/// a request that rendered nothing is still recorded in the key's usage history.
+async fn api(
+    state: &State,
+    request: Request<Incoming>,
+    path: &str,
+    dialect: Dialect,
+) -> Result<Reply, Failure> {
+    let started = Instant::now();
+    let key = authenticate(state, &request, dialect).await?;
+    let key = key.as_ref();
+    let method = request.method().clone();
+    let result = match (&method, path) {
+        (&Method::POST, "/v1/segment") => segment(state, request, key).await,
+        (&Method::GET | &Method::POST, "/v2/edit") => edit(state, request, key).await,
+        (&Method::GET, "/v1/account" | "/v2/account") => photoroom_account(state, key, path).await,
+        (&Method::POST, "/v1.0/removebg") => remove_bg(state, request, key).await,
+        (&Method::GET, "/v1.0/account") => remove_bg_account(state, key).await,
+        (&Method::POST, "/v1/remove-background" | "/remove-background") => {
+            simple(state, request, key).await
+        }
+        _ => Err(Failure::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        )),
+    };
+    if let (Err(failure), Some(key), Some(accounts)) = (&result, key, &state.accounts)
+        && !path.ends_with("/account")
+    {
+        accounts
+            .record(&UsageRow {
+                key_id: key.id,
+                at: accounts.now(),
+                endpoint: path,
+                megapixels: 0.0,
+                millicredits: 0,
+                status: failure.status.as_u16(),
+                duration_ms: started.elapsed().as_millis() as i64,
+            })
+            .await;
+    }
+    result
 }
 
 fn preflight() -> Reply {
@@ -78,16 +117,31 @@ fn preflight() -> Reply {
     reply
 }
 
-/// The caller's key: `None` when the server has no keys (open mode).
-fn authenticate<'a>(
-    state: &'a State,
+/// The database is down or busy: the request is refused, never served unmetered.
+fn store_failure(error: StoreError) -> Failure {
+    if error.is_unavailable() {
+        log::warn!("accounts store: {error}");
+        let mut failure = Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "accounts_unavailable",
+            "the accounts database is unavailable; retry later",
+        );
+        failure.retry_after = Some(5);
+        failure
+    } else {
+        Failure::internal(error)
+    }
+}
+
+/// The caller's key: `None` when the server runs without accounts (`--no-auth`).
+async fn authenticate(
+    state: &State,
     request: &Request<Incoming>,
     dialect: Dialect,
-) -> Result<Option<&'a Key>, Failure> {
-    let keys = &state.config.keys;
-    if keys.is_open() {
+) -> Result<Option<Key>, Failure> {
+    let Some(accounts) = &state.accounts else {
         return Ok(None);
-    }
+    };
     let denied = if dialect == Dialect::Simple {
         StatusCode::UNAUTHORIZED
     } else {
@@ -108,37 +162,41 @@ fn authenticate<'a>(
         Dialect::Simple => ("authentication_error", "authentication_error"),
         _ => ("missing_api_key", "auth_failed"),
     };
-    match presented {
-        None => Err(Failure::new(
+    let Some(presented) = presented else {
+        return Err(Failure::new(
             denied,
             missing,
             "Missing API Key: send it in the x-api-key header",
-        )),
-        Some(key) => keys
-            .find(key.trim())
-            .map(Some)
-            .ok_or_else(|| Failure::new(denied, invalid, "API Key invalid")),
+        ));
+    };
+    match accounts.authenticate(presented.trim()).await {
+        Ok(Some(key)) => Ok(Some(key)),
+        Ok(None) => Err(Failure::new(denied, invalid, "API Key invalid")),
+        Err(e) => Err(store_failure(e)),
     }
 }
 
 /// Holds the request's credits until its image is ready (no key: nothing to hold).
-fn reserve_credits<'a>(
-    state: &'a State,
+async fn reserve_credits(
+    state: &State,
     key: Option<&Key>,
     credits: f64,
-) -> Result<Option<Reservation<'a>>, Failure> {
-    let Some(key) = key else { return Ok(None) };
-    match state
-        .config
-        .keys
-        .reserve(&key.hash, credits, state.config.monthly_credits)
-    {
-        Some(reservation) => Ok(Some(reservation)),
-        None => Err(Failure::new(
+) -> Result<Option<Held>, Failure> {
+    let (Some(key), Some(accounts)) = (key, &state.accounts) else {
+        return Ok(None);
+    };
+    match accounts.reserve(key, credits).await {
+        Ok(Some(held)) => Ok(Some(held)),
+        Ok(None) => Err(Failure::new(
             StatusCode::PAYMENT_REQUIRED,
             "insufficient_credits",
-            "Insufficient credits",
+            if key.sandbox {
+                "Sandbox quota exhausted for this month"
+            } else {
+                "Insufficient credits"
+            },
         )),
+        Err(e) => Err(store_failure(e)),
     }
 }
 
@@ -185,6 +243,8 @@ struct Rendered {
 /// Who pays for a request, and how much.
 struct Charge<'a> {
     key: Option<&'a Key>,
+    /// The path the usage history records.
+    endpoint: &'static str,
     /// Credits, taken only when the image renders (402 when the key has too few left).
     credits: f64,
     /// Units of the per-minute rate limit, from the decoded image (429 when none are left).
@@ -200,37 +260,59 @@ enum RateCost {
 }
 
 impl<'a> Charge<'a> {
-    fn new(key: Option<&'a Key>, credits: f64, rate: RateCost) -> Self {
-        Self { key, credits, rate }
+    fn new(key: Option<&'a Key>, endpoint: &'static str, credits: f64, rate: RateCost) -> Self {
+        Self {
+            key,
+            endpoint,
+            credits,
+            rate,
+        }
+    }
+
+    /// `X-Credits-Charged`: what the key pays (a sandbox key pays nothing).
+    fn charged(&self) -> f64 {
+        if self.key.is_some_and(|k| k.sandbox) {
+            0.0
+        } else {
+            self.credits
+        }
     }
 }
 
 /// Takes the image's units from the key's minute; keys only, and only with a limit set.
-fn rate_check(
+async fn rate_check(
     state: &State,
-    charge: &Charge,
+    charge: &Charge<'_>,
     (width, height): (u32, u32),
 ) -> Result<Option<Budget>, Failure> {
-    let (Some(key), Some(limiter)) = (charge.key, state.limiter.as_ref()) else {
+    let (Some(key), Some(accounts)) = (charge.key, &state.accounts) else {
         return Ok(None);
     };
     let units = match charge.rate {
         RateCost::Image => 1,
         RateCost::Megapixels => limit::megapixel_images(width, height),
     };
-    limiter.take(&key.hash, units).map(Some).map_err(|budget| {
-        let mut failure = Failure::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_exceeded",
-            format!(
-                "Rate limit exceeded: {} megapixel images per minute, this image needs {units}",
-                budget.limit
-            ),
-        );
-        failure.retry_after = Some(budget.retry_after(limiter.now()));
-        failure.headers.extend(budget.headers());
-        failure
-    })
+    match accounts
+        .take_rate(key, units)
+        .await
+        .map_err(store_failure)?
+    {
+        None => Ok(None),
+        Some(Ok(budget)) => Ok(Some(budget)),
+        Some(Err(budget)) => {
+            let mut failure = Failure::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                format!(
+                    "Rate limit exceeded: {} megapixel images per minute, this image needs {units}",
+                    budget.limit
+                ),
+            );
+            failure.retry_after = Some(budget.retry_after(accounts.now() as u64));
+            failure.headers.extend(budget.headers());
+            Err(failure)
+        }
+    }
 }
 
 /// Decodes, renders on the GPU queue and encodes one image, charging the key as `charge`
@@ -248,7 +330,7 @@ async fn render(
     timings.add(Stage::ReadBody, received.elapsed());
     let (key, credits) = (charge.key, charge.credits);
     // Released on every early return below (and if the client goes away mid-render).
-    let reservation = reserve_credits(state, key, credits)?;
+    let reservation = reserve_credits(state, key, credits).await?;
     let limits = state.config.decode;
     let decode = |bytes: Bytes, what: &'static str| async move {
         let _permit = state.cpu_work.acquire().await.map_err(Failure::internal)?;
@@ -264,7 +346,8 @@ async fn render(
     };
     let start = Instant::now();
     let image = decode(image, "image").await?;
-    let rate = rate_check(state, &charge, image.dimensions())?;
+    let (input_width, input_height) = image.dimensions();
+    let rate = rate_check(state, &charge, (input_width, input_height)).await?;
     let background = match background {
         Some(bytes) => Some(decode(bytes, "background image").await?),
         None => None,
@@ -324,8 +407,24 @@ async fn render(
             .map_err(Failure::internal)?;
     drop(permit);
     timings.add(Stage::Encode, start.elapsed());
-    if let Some(reservation) = reservation {
-        reservation.commit();
+    if let (Some(reservation), Some(accounts)) = (reservation, &state.accounts) {
+        let megapixels = input_width as f64 * input_height as f64 / 1e6;
+        let duration = received.elapsed().as_millis() as i64;
+        let committed = reservation
+            .commit(accounts.now(), charge.endpoint, megapixels, duration)
+            .await
+            .map_err(store_failure)?;
+        if !committed {
+            // The hold's lease ran out (its renewals could not reach the database) and was
+            // released: the image is not given away unpaid.
+            let mut failure = Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "accounts_unavailable",
+                "the credit hold for this request expired; retry",
+            );
+            failure.retry_after = Some(1);
+            return Err(failure);
+        }
     }
     Ok(Rendered {
         encoded,
@@ -430,9 +529,12 @@ fn preview_aware_credits(edit: &Edit) -> f64 {
     }
 }
 
-async fn segment(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
+async fn segment(
+    state: &State,
+    request: Request<Incoming>,
+    key: Option<&Key>,
+) -> Result<Reply, Failure> {
     let received = Instant::now();
-    let key = authenticate(state, &request, Dialect::Segment)?;
     let json_wanted = wants_json(&request);
     let form = body::read_form(request, state.config.max_upload)
         .await
@@ -442,17 +544,20 @@ async fn segment(state: &State, request: Request<Incoming>) -> Result<Reply, Fai
         .file("image_file")
         .cloned()
         .ok_or_else(|| Failure::bad_request("missing_image", "Please provide an image."))?;
-    let credits = preview_aware_credits(&edit);
-    let rendered = render(
-        state,
-        received,
-        image,
-        None,
-        edit,
-        Charge::new(key, credits, RateCost::Image),
-    )
-    .await?;
-    let builder = image_reply(&rendered).header("x-credits-charged", credits.to_string());
+    // PhotoRoom's Plus plan counts a segment call as 0.2 of an image.
+    let plan_share = match key.map(|k| k.plan) {
+        Some(Plan::Plus) => 0.2,
+        _ => 1.0,
+    };
+    let charge = Charge::new(
+        key,
+        "/v1/segment",
+        preview_aware_credits(&edit) * plan_share,
+        RateCost::Image,
+    );
+    let charged = charge.charged();
+    let rendered = render(state, received, image, None, edit, charge).await?;
+    let builder = image_reply(&rendered).header("x-credits-charged", charged.to_string());
     Ok(if json_wanted {
         json_body(
             builder,
@@ -464,9 +569,12 @@ async fn segment(state: &State, request: Request<Incoming>) -> Result<Reply, Fai
     })
 }
 
-async fn edit(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
+async fn edit(
+    state: &State,
+    request: Request<Incoming>,
+    key: Option<&Key>,
+) -> Result<Reply, Failure> {
     let received = Instant::now();
-    let key = authenticate(state, &request, Dialect::PhotoRoom)?;
     let form = if request.method() == Method::GET {
         Form {
             fields: body::query(&request),
@@ -501,17 +609,11 @@ async fn edit(state: &State, request: Request<Incoming>) -> Result<Reply, Failur
         }
         (None, None) => None,
     };
-    let rendered = render(
-        state,
-        received,
-        image,
-        background,
-        edit,
-        Charge::new(key, 1.0, RateCost::Image),
-    )
-    .await?;
+    let charge = Charge::new(key, "/v2/edit", 1.0, RateCost::Image);
+    let charged = charge.charged();
+    let rendered = render(state, received, image, background, edit, charge).await?;
     Ok(image_body(
-        image_reply(&rendered).header("x-credits-charged", "1"),
+        image_reply(&rendered).header("x-credits-charged", charged.to_string()),
         rendered,
     ))
 }
@@ -520,25 +622,35 @@ fn form_has_file(files: &[(String, Bytes)], name: &str) -> bool {
     files.iter().any(|(k, _)| k == name)
 }
 
-fn photoroom_account(
-    state: &State,
-    request: &Request<Incoming>,
-    path: &str,
-) -> Result<Reply, Failure> {
-    let key = authenticate(state, request, Dialect::PhotoRoom)?;
-    let total = state.config.monthly_credits;
-    let available = total - key.map_or(0.0, |k| state.config.keys.used(&k.hash));
+async fn photoroom_account(state: &State, key: Option<&Key>, path: &str) -> Result<Reply, Failure> {
+    let (available, subscription, plan) = match (key, &state.accounts) {
+        (Some(key), Some(accounts)) => {
+            let balance = accounts.balance(key).await.map_err(store_failure)?;
+            (
+                store::credits(balance.available()),
+                store::credits(balance.allowance),
+                key.plan.as_str(),
+            )
+        }
+        _ => {
+            let total = state.config.monthly_credits;
+            (total, total, "self-hosted")
+        }
+    };
     let body = if path == "/v1/account" {
-        json!({"credits": {"available": available, "subscription": total}})
+        json!({"credits": {"available": available, "subscription": subscription}})
     } else {
-        json!({"images": {"available": available, "subscription": total}, "plan": "self-hosted"})
+        json!({"images": {"available": available, "subscription": subscription}, "plan": plan})
     };
     Ok(json_reply(StatusCode::OK, body))
 }
 
-async fn remove_bg(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
+async fn remove_bg(
+    state: &State,
+    request: Request<Incoming>,
+    key: Option<&Key>,
+) -> Result<Reply, Failure> {
     let received = Instant::now();
-    let key = authenticate(state, &request, Dialect::RemoveBg)?;
     let json_wanted = wants_json(&request);
     let form = body::read_form(request, state.config.max_upload)
         .await
@@ -590,17 +702,15 @@ async fn remove_bg(state: &State, request: Request<Incoming>) -> Result<Reply, F
         }
         (None, None) => None,
     };
-    let credits = preview_aware_credits(&edit);
-    let rendered = render(
-        state,
-        received,
-        image,
-        background,
-        edit,
-        Charge::new(key, credits, RateCost::Megapixels),
-    )
-    .await?;
-    let mut builder = image_reply(&rendered).header("x-credits-charged", credits.to_string());
+    let charge = Charge::new(
+        key,
+        "/v1.0/removebg",
+        preview_aware_credits(&edit),
+        RateCost::Megapixels,
+    );
+    let charged = charge.charged();
+    let rendered = render(state, received, image, background, edit, charge).await?;
+    let mut builder = image_reply(&rendered).header("x-credits-charged", charged.to_string());
     if let Some(kind) = form.field("type").filter(|t| *t != "auto")
         && form.field("type_level") != Some("none")
     {
@@ -622,24 +732,38 @@ async fn remove_bg(state: &State, request: Request<Incoming>) -> Result<Reply, F
     })
 }
 
-fn remove_bg_account(state: &State, request: &Request<Incoming>) -> Result<Reply, Failure> {
-    let key = authenticate(state, request, Dialect::RemoveBg)?;
-    let available =
-        state.config.monthly_credits - key.map_or(0.0, |k| state.config.keys.used(&k.hash));
+async fn remove_bg_account(state: &State, key: Option<&Key>) -> Result<Reply, Failure> {
+    // remove.bg reports credits left: subscription plus pay-as-you-go; a sandbox key's free
+    // calls are its `free_calls`.
+    let (subscription, payg, free_calls) = match (key, &state.accounts) {
+        (Some(key), Some(accounts)) => {
+            let balance = accounts.balance(key).await.map_err(store_failure)?;
+            let subscription = store::credits(balance.subscription_left());
+            if key.sandbox {
+                (0.0, 0.0, subscription)
+            } else {
+                (subscription, store::credits(balance.payg_left()), 0.0)
+            }
+        }
+        _ => (state.config.monthly_credits, 0.0, 0.0),
+    };
     Ok(json_reply(
         StatusCode::OK,
         json!({"data": {"attributes": {
-            "credits": {"total": available, "subscription": available, "payg": 0.0, "enterprise": 0.0},
-            "api": {"free_calls": 0, "sizes": "all"},
+            "credits": {"total": subscription + payg, "subscription": subscription, "payg": payg, "enterprise": 0.0},
+            "api": {"free_calls": free_calls, "sizes": "all"},
         }}}),
     ))
 }
 
 /// The simple API: `image` (or `image_file`/`file`), `format`, `channels`, `bg_color`,
 /// `size` (longest side) and `crop`.
-async fn simple(state: &State, request: Request<Incoming>) -> Result<Reply, Failure> {
+async fn simple(
+    state: &State,
+    request: Request<Incoming>,
+    key: Option<&Key>,
+) -> Result<Reply, Failure> {
     let received = Instant::now();
-    let key = authenticate(state, &request, Dialect::Simple)?;
     let form = body::read_form(request, 20 * 1024 * 1024)
         .await
         .map_err(|e| body_failure(e, Dialect::Simple))?;
@@ -656,7 +780,7 @@ async fn simple(state: &State, request: Request<Incoming>) -> Result<Reply, Fail
         image,
         None,
         edit,
-        Charge::new(key, 1.0, RateCost::Image),
+        Charge::new(key, "/v1/remove-background", 1.0, RateCost::Image),
     )
     .await?;
     Ok(image_body(image_reply(&rendered), rendered))

@@ -2,6 +2,7 @@
 //! Handlers parse and validate into one [`cutout_core::edit::Edit`], then submit a job to
 //! the GPU queue; decoding and encoding run on tokio's blocking pool.
 
+pub mod accounts;
 mod api;
 mod body;
 pub mod fetch;
@@ -10,6 +11,7 @@ mod limit;
 mod openapi;
 mod queue;
 mod respond;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +28,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 pub use fetch::FetchPolicy;
-pub use keys::KeyStore;
 pub use limit::{Clock, system_clock};
 pub use queue::Batching;
 
@@ -36,17 +37,23 @@ pub struct Config {
     /// Largest request body accepted (uploads), in bytes.
     pub max_upload: u64,
     pub decode: DecodeLimits,
-    /// Credits each key may use per calendar month (the account endpoints report it).
+    /// Keys, credits, rate limits and usage history; `None` serves every request
+    /// (`--no-auth`), uncounted.
+    pub store: Option<Arc<dyn store::Store>>,
+    /// Credits per calendar month of keys created without their own allowance (the account
+    /// endpoints report it).
     pub monthly_credits: f64,
-    /// Megapixel images per minute and key (remove.bg's rule; PhotoRoom endpoints count
-    /// images); 0 for no limit. Without keys there is no limit.
+    /// Megapixel images per minute (remove.bg's rule; PhotoRoom endpoints count images) of
+    /// keys without their own limit; 0 for no limit.
     pub rate_limit: u32,
-    pub keys: KeyStore,
+    /// How long a credit hold outlives its replica's last renewal (renewed every third of
+    /// it): a replica that dies mid-request gives its holds back after at most this.
+    pub lease: Duration,
     /// Decodes and encodes running at once on tokio's blocking pool (which stays large for
     /// URL fetches): more than the cores only oversubscribes them, next to the model's
     /// threads. Default: the number of cores.
     pub cpu_workers: usize,
-    /// The time the rate limits count minutes by.
+    /// The time credits and rate limits count months and minutes by.
     pub clock: Clock,
 }
 
@@ -61,9 +68,10 @@ impl Default for Config {
             fetch: FetchPolicy::default(),
             max_upload: 30 * 1024 * 1024,
             decode: DecodeLimits::default(),
+            store: None,
             monthly_credits: 10_000.0,
             rate_limit: 500,
-            keys: KeyStore::default(),
+            lease: Duration::from_secs(120),
             cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             clock: system_clock(),
         }
@@ -74,7 +82,7 @@ struct State {
     config: Config,
     /// Permits for decoding and encoding (`Config::cpu_workers`).
     cpu_work: tokio::sync::Semaphore,
-    limiter: Option<limit::RateLimiter>,
+    accounts: Option<Arc<accounts::Accounts>>,
     queue: queue::JobQueue,
     next_id: AtomicU64,
     /// The model the queue's editor runs (for the OpenAPI document).
@@ -102,12 +110,20 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
     let addr = listener.local_addr()?;
     let model = editor.remover().session().spec;
     let (queue, worker) = queue::JobQueue::start(editor, config.batching.clone());
-    let limiter = (config.rate_limit > 0)
-        .then(|| limit::RateLimiter::new(config.rate_limit, config.clock.clone()));
+    let accounts = config.store.clone().map(|store| {
+        Arc::new(accounts::Accounts::new(
+            store,
+            config.monthly_credits,
+            config.rate_limit,
+            config.lease,
+            config.clock.clone(),
+        ))
+    });
+    let lease_keeper = accounts.as_ref().map(|a| a.keep_leases());
     let state = Arc::new(State {
         cpu_work: tokio::sync::Semaphore::new(config.cpu_workers.max(1)),
         config,
-        limiter,
+        accounts,
         queue,
         next_id: AtomicU64::new(1),
         model,
@@ -135,6 +151,9 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
         }
         // In-flight requests finish; idle keep-alive connections close.
         graceful.shutdown().await;
+        if let Some(keeper) = lease_keeper {
+            keeper.abort();
+        }
         drop(state);
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     });

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 
 use cutout_core::edit::Editor;
 use cutout_core::gpu::{DevicePreference, Gpu};
-use cutout_server::{Config, KeyStore};
+use cutout_server::Config;
+use cutout_server::store::{self, NewKey, Store};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -23,19 +24,72 @@ fn gpu() -> &'static Gpu {
 
 /// Starts a server on its own runtime thread and returns its address.
 fn start(config: Config) -> SocketAddr {
+    start_with_store(config, None).addr
+}
+
+/// A server with accounts in the store at `url` (opened on the server's runtime).
+struct Replica {
+    addr: SocketAddr,
+    accounts: Option<std::sync::Arc<dyn Store>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Replica {
+    fn store(&self) -> &dyn Store {
+        self.accounts.as_deref().expect("a server with accounts")
+    }
+
+    /// Runs `work` on the replica's runtime and waits for it.
+    fn block_on<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        self.runtime.block_on(work)
+    }
+}
+
+fn start_with_store(mut config: Config, url: Option<String>) -> Replica {
     let editor = Editor::load(gpu(), "u2netp", false).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
+        let handle = runtime.handle().clone();
         runtime.block_on(async move {
+            let store = match url {
+                Some(url) => Some(store::open(&url).await.unwrap()),
+                None => None,
+            };
+            config.store = store.clone();
             let server = cutout_server::start("127.0.0.1:0".parse().unwrap(), editor, config)
                 .await
                 .unwrap();
-            tx.send(server.addr).unwrap();
+            tx.send((server.addr, store, handle)).unwrap();
             std::future::pending::<()>().await;
         });
     });
-    rx.recv().unwrap()
+    let (addr, store, runtime) = rx.recv().unwrap();
+    Replica {
+        addr,
+        accounts: store,
+        runtime,
+    }
+}
+
+/// A fresh SQLite store for one test.
+fn sqlite_url(test: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("cutout-http-{test}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    format!("sqlite://{}", dir.join("cutout.db").display())
+}
+
+/// Creates a key in the replica's store and returns it.
+fn create_key(replica: &Replica, new: NewKey) -> String {
+    let key = cutout_server::keys::generate(new.sandbox);
+    replica
+        .block_on(
+            replica
+                .store()
+                .create_key(&new, &cutout_server::keys::hash(&key), 1_700_000_000),
+        )
+        .unwrap();
+    key
 }
 
 fn server() -> SocketAddr {
@@ -463,15 +517,10 @@ fn openapi_lists_every_parameter_the_parser_accepts() {
 }
 
 #[test]
-fn keys_are_required_once_configured() {
-    let dir = std::env::temp_dir().join(format!("cutout-http-keys-{}", std::process::id()));
-    let path = dir.join("keys");
-    let key = cutout_server::keys::create(&path, "shop", false).unwrap();
-    let config = Config {
-        keys: KeyStore::load(&path).unwrap(),
-        ..Config::default()
-    };
-    let addr = start(config);
+fn keys_are_required_and_revocation_is_immediate() {
+    let replica = start_with_store(Config::default(), Some(sqlite_url("keys")));
+    let key = create_key(&replica, NewKey::named("shop"));
+    let addr = replica.addr;
     let missing = curl(addr, "/v1.0/account", &[]);
     assert_eq!(missing.status, 403);
     assert_eq!(missing.json()["errors"][0]["title"], "Missing API Key");
@@ -479,7 +528,111 @@ fn keys_are_required_once_configured() {
     assert_eq!(wrong.status, 403);
     let header = format!("x-api-key: {key}");
     assert_eq!(curl(addr, "/v1/account", &["-H", &header]).status, 200);
-    std::fs::remove_dir_all(dir).ok();
+    let image = format!("image_file={}", photo());
+    let segment = |header: &str| {
+        curl(
+            addr,
+            "/v1/segment",
+            &["-H", header, "-F", &image, "-F", "size=preview"],
+        )
+    };
+    assert_eq!(segment(&header).status, 200);
+    // Revoked while the server runs: the next request is refused, no restart.
+    assert!(
+        replica
+            .block_on(replica.store().revoke("shop", 1_700_000_100))
+            .unwrap()
+    );
+    assert_eq!(segment(&header).status, 403);
+    assert_eq!(curl(addr, "/v1/account", &["-H", &header]).status, 403);
+}
+
+#[test]
+fn account_endpoints_report_subscription_and_payg_from_the_store() {
+    let replica = start_with_store(Config::default(), Some(sqlite_url("account")));
+    let key = create_key(
+        &replica,
+        NewKey {
+            monthly_millicredits: Some(3_000),
+            plan: store::Plan::Plus,
+            ..NewKey::named("shop")
+        },
+    );
+    assert!(
+        replica
+            .block_on(replica.store().add_credits("shop", 2_500))
+            .unwrap()
+    );
+    let header = format!("x-api-key: {key}");
+    let image = format!("image_file={}", photo());
+    // Plus plan: a preview segment costs 0.2 × 0.25 credit; an edit costs 1.
+    let segment = curl(
+        replica.addr,
+        "/v1/segment",
+        &["-H", &header, "-F", &image, "-F", "size=preview"],
+    );
+    assert_eq!(segment.status, 200);
+    assert_eq!(segment.header("x-credits-charged"), Some("0.05"));
+    let edit_image = format!("imageFile={}", photo());
+    let edit = curl(
+        replica.addr,
+        "/v2/edit",
+        &["-H", &header, "-F", &edit_image, "-F", "outputSize=100x100"],
+    );
+    assert_eq!(edit.status, 200, "{}", String::from_utf8_lossy(&edit.body));
+    assert_eq!(edit.header("x-credits-charged"), Some("1"));
+    // 3 - 1.05 of the subscription left, and all 2.5 pay-as-you-go.
+    let removebg = curl(replica.addr, "/v1.0/account", &["-H", &header]).json();
+    let credits = &removebg["data"]["attributes"]["credits"];
+    assert_eq!(credits["subscription"], 1.95, "{removebg}");
+    assert_eq!(credits["payg"], 2.5);
+    assert_eq!(credits["total"], 4.45);
+    assert_eq!(credits["enterprise"], 0.0);
+    assert_eq!(removebg["data"]["attributes"]["api"]["sizes"], "all");
+    let v1 = curl(replica.addr, "/v1/account", &["-H", &header]).json();
+    assert_eq!(v1["credits"]["available"], 4.45);
+    assert_eq!(v1["credits"]["subscription"], 3.0);
+    let v2 = curl(replica.addr, "/v2/account", &["-H", &header]).json();
+    assert_eq!(v2["plan"], "plus");
+    // A request that failed is in the history, uncharged.
+    let bad = curl(
+        replica.addr,
+        "/v1/segment",
+        &["-H", &header, "-F", &image, "-F", "size=huge"],
+    );
+    assert_eq!(bad.status, 400);
+    let shop = replica
+        .block_on(replica.store().key_by_name("shop"))
+        .unwrap()
+        .unwrap();
+    let days = replica
+        .block_on(replica.store().usage_by_day(shop.id, 0))
+        .unwrap();
+    let requests: i64 = days.iter().map(|d| d.requests).sum();
+    let errors: i64 = days.iter().map(|d| d.errors).sum();
+    let spent: i64 = days.iter().map(|d| d.millicredits).sum();
+    assert_eq!((requests, errors, spent), (3, 1, 1_050), "{days:?}");
+}
+
+#[test]
+fn sandbox_keys_pay_nothing_and_get_watermarks() {
+    let replica = start_with_store(Config::default(), Some(sqlite_url("sandbox")));
+    let key = create_key(
+        &replica,
+        NewKey {
+            sandbox: true,
+            ..NewKey::named("trial")
+        },
+    );
+    let header = format!("x-api-key: {key}");
+    let image = format!("image_file={}", photo());
+    let reply = curl(replica.addr, "/v1/segment", &["-H", &header, "-F", &image]);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-credits-charged"), Some("0"));
+    let account = curl(replica.addr, "/v1.0/account", &["-H", &header]).json();
+    let attributes = &account["data"]["attributes"];
+    assert_eq!(attributes["api"]["free_calls"], 999.0, "{account}");
+    assert_eq!(attributes["credits"]["total"], 0.0);
 }
 
 #[test]
@@ -510,17 +663,17 @@ fn a_full_queue_answers_503_with_retry_after() {
 #[test]
 fn rate_limit_counts_megapixel_images_and_answers_429() {
     let dir = std::env::temp_dir().join(format!("cutout-http-rate-{}", std::process::id()));
-    let path = dir.join("keys");
-    let key = cutout_server::keys::create(&path, "shop", false).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
     // 40 s into a minute, fixed: the minute never turns over during the test.
     let now: u64 = 1_700_000_080;
     let config = Config {
-        keys: KeyStore::load(&path).unwrap(),
         rate_limit: 3,
         clock: std::sync::Arc::new(move || now),
         ..Config::default()
     };
-    let addr = start(config);
+    let replica = start_with_store(config, Some(sqlite_url("rate")));
+    let key = create_key(&replica, NewKey::named("shop"));
+    let addr = replica.addr;
     let header = format!("x-api-key: {key}");
     // 1600×1200 costs 2 megapixel images; chelsea.jpg (451×300) costs 1.
     let large = image::RgbImage::from_fn(1600, 1200, |x, y| {
@@ -662,15 +815,13 @@ fn simple_api_options_and_documented_errors() {
 
 #[test]
 fn parallel_requests_never_overdraw_credits() {
-    let dir = std::env::temp_dir().join(format!("cutout-http-credits-{}", std::process::id()));
-    let path = dir.join("keys");
-    let key = cutout_server::keys::create(&path, "shop", false).unwrap();
     let config = Config {
-        keys: KeyStore::load(&path).unwrap(),
         monthly_credits: 10.0,
         ..Config::default()
     };
-    let addr = start(config);
+    let replica = start_with_store(config, Some(sqlite_url("credits")));
+    let key = create_key(&replica, NewKey::named("shop"));
+    let addr = replica.addr;
     let header = format!("x-api-key: {key}");
     let image = format!("image_file={}", photo());
     let replies: Vec<Reply> = std::thread::scope(|scope| {
@@ -695,12 +846,125 @@ fn parallel_requests_never_overdraw_credits() {
     }
     let account = curl(addr, "/v1/account", &["-H", &header]).json();
     assert_eq!(account["credits"]["available"], 0.0, "{account}");
-    // A refused request held nothing: the key's whole allowance was spent on images.
-    assert_eq!(
-        KeyStore::load(&path)
-            .unwrap()
-            .used(&cutout_server::keys::hash(&key)),
-        10.0
+    // A refused request held nothing: the key's whole allowance was spent on images, and the
+    // history has one charged row per image.
+    let shop = replica
+        .block_on(replica.store().key_by_name("shop"))
+        .unwrap()
+        .unwrap();
+    let days = replica
+        .block_on(replica.store().usage_by_day(shop.id, 0))
+        .unwrap();
+    let images: i64 = days.iter().map(|d| d.images).sum();
+    let spent: i64 = days.iter().map(|d| d.millicredits).sum();
+    assert_eq!((images, spent), (10, 10_000));
+}
+
+/// A database of its own on the test PostgreSQL (see tests/store.rs).
+fn fresh_postgres(test: &str) -> String {
+    let url = std::env::var("CUTOUT_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let name = format!("cutout_http_{test}_{}", std::process::id());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let admin = sqlx::PgPool::connect(&url).await.unwrap_or_else(|e| {
+            panic!("no PostgreSQL at {url} ({e}): run `cargo xtask test`, which starts one")
+        });
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+    });
+    let (base, _) = url.rsplit_once('/').expect("a database in the URL");
+    format!("{base}/{name}")
+}
+
+/// `count` requests at once, alternating between the replicas; their statuses.
+fn hammer(replicas: &[&Replica], key: &str, count: usize) -> Vec<u16> {
+    let header = format!("x-api-key: {key}");
+    let image = format!("image_file={}", photo());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count)
+            .map(|i| {
+                let addr = replicas[i % replicas.len()].addr;
+                let (header, image) = (&header, &image);
+                scope.spawn(move || {
+                    curl(
+                        addr,
+                        "/v1.0/removebg",
+                        &["-H", header, "-F", image, "-F", "size=full"],
+                    )
+                    .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn two_replicas_on_one_postgres_share_credits_rate_limits_and_revocation() {
+    let url = fresh_postgres("replicas");
+    // A fixed time 40 s into a minute: the rate window cannot turn over mid-test.
+    let now: u64 = 1_700_000_080;
+    let config = || Config {
+        clock: std::sync::Arc::new(move || now),
+        ..Config::default()
+    };
+    let a = start_with_store(config(), Some(url.clone()));
+    let b = start_with_store(config(), Some(url));
+    let credits_key = create_key(
+        &a,
+        NewKey {
+            monthly_millicredits: Some(10_000),
+            rate_limit: Some(1000),
+            ..NewKey::named("credits")
+        },
     );
-    std::fs::remove_dir_all(dir).ok();
+    let rate_key = create_key(
+        &b,
+        NewKey {
+            rate_limit: Some(8),
+            ..NewKey::named("rate")
+        },
+    );
+
+    // One ledger: 10 credits buy exactly 10 images across both replicas.
+    let statuses = hammer(&[&a, &b], &credits_key, 40);
+    let count = |status| statuses.iter().filter(|&&s| s == status).count();
+    assert_eq!((count(200), count(402)), (10, 30), "{statuses:?}");
+    let key = a
+        .block_on(a.store().key_by_name("credits"))
+        .unwrap()
+        .unwrap();
+    let days = a.block_on(a.store().usage_by_day(key.id, 0)).unwrap();
+    assert_eq!(days.iter().map(|d| d.millicredits).sum::<i64>(), 10_000);
+    let balance = b
+        .block_on(
+            b.store()
+                .balance(key.id, &store::month_of(now as i64), 10_000),
+        )
+        .unwrap();
+    assert_eq!(balance.available(), 0);
+
+    // One rate limit: 8 megapixel images in the minute across both replicas.
+    let statuses = hammer(&[&a, &b], &rate_key, 24);
+    let count = |status| statuses.iter().filter(|&&s| s == status).count();
+    assert_eq!((count(200), count(429)), (8, 16), "{statuses:?}");
+
+    // Revoked through one replica's store: refused by both at once.
+    assert!(a.block_on(a.store().revoke("rate", now as i64)).unwrap());
+    let header = format!("x-api-key: {rate_key}");
+    for replica in [&a, &b] {
+        assert_eq!(
+            curl(replica.addr, "/v1.0/account", &["-H", &header]).status,
+            403
+        );
+    }
 }
