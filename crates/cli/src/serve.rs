@@ -59,6 +59,12 @@ pub struct ServeArgs {
     /// mid-request gives its holds back after this).
     #[arg(long, default_value_t = 120, hide = true)]
     lease_seconds: u64,
+    /// Seconds a client has to send a request's headers before its connection is closed.
+    #[arg(long, default_value_t = 30)]
+    header_timeout: u64,
+    /// Most headers in one request (more: 431).
+    #[arg(long, default_value_t = 100)]
+    max_headers: usize,
     /// Do not download a missing model.
     #[arg(long)]
     offline: bool,
@@ -122,6 +128,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         monthly_credits: args.credits,
         rate_limit: args.rate_limit,
         lease: Duration::from_secs(args.lease_seconds.max(3)),
+        header_read_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        max_headers: args.max_headers.max(1),
         ..Config::default()
     };
     config.batching.max_batch = args.max_batch.max(1);

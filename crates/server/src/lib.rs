@@ -23,7 +23,7 @@ use cutout_core::edit::Editor;
 use cutout_core::timing::{Stage, StageTimes};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
@@ -53,6 +53,13 @@ pub struct Config {
     /// URL fetches): more than the cores only oversubscribes them, next to the model's
     /// threads. Default: the number of cores.
     pub cpu_workers: usize,
+    /// Time a client has to send a request's headers before its connection is closed (a
+    /// slowloris client holds nothing longer than this).
+    pub header_read_timeout: Duration,
+    /// Most headers in one request; more get 431.
+    pub max_headers: usize,
+    /// Most bytes of request line and headers; more get 431.
+    pub max_header_bytes: usize,
     /// The time credits and rate limits count months and minutes by.
     pub clock: Clock,
 }
@@ -72,6 +79,9 @@ impl Default for Config {
             monthly_credits: 10_000.0,
             rate_limit: 500,
             lease: Duration::from_secs(120),
+            header_read_timeout: Duration::from_secs(30),
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
             cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             clock: system_clock(),
         }
@@ -135,12 +145,17 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
             tokio::select! {
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
+                    let mut http = http1::Builder::new();
+                    http.timer(TokioTimer::new())
+                        .header_read_timeout(state.config.header_read_timeout)
+                        .max_headers(state.config.max_headers)
+                        .max_buf_size(state.config.max_header_bytes.max(8192));
                     let state = state.clone();
                     let service = service_fn(move |request| {
                         let state = state.clone();
                         async move { Ok::<_, std::convert::Infallible>(handle(state, request).await) }
                     });
-                    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {
                         let _ = connection.await;

@@ -968,3 +968,49 @@ fn two_replicas_on_one_postgres_share_credits_rate_limits_and_revocation() {
         );
     }
 }
+
+/// Sends `bytes` on a new connection and reads until the server closes it (the event the
+/// test waits on; the read timeout only turns a server that never closes into a failure).
+fn send_raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(bytes).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut reply = Vec::new();
+    match stream.read_to_end(&mut reply) {
+        Ok(_) => {}
+        // A reset after the reply (unread request bytes) is a close too.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the server did not close the connection: {e}"),
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[test]
+fn slow_headers_and_header_floods_are_cut_off_and_others_still_served() {
+    let config = Config {
+        header_read_timeout: std::time::Duration::from_secs(1),
+        ..Config::default()
+    };
+    let addr = start(config);
+    // Slowloris: the headers never end; the server closes the connection.
+    let started = std::time::Instant::now();
+    let reply = send_raw(
+        addr,
+        b"GET /health HTTP/1.1\r\nHost: cutout\r\nX-Slow: 1\r\n",
+    );
+    assert!(!reply.contains("200 OK"), "{reply}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    // 10,000 headers: refused with 431.
+    let mut flood = b"GET /health HTTP/1.1\r\nHost: cutout\r\n".to_vec();
+    for n in 0..10_000 {
+        flood.extend_from_slice(format!("X-Flood-{n}: {n}\r\n").as_bytes());
+    }
+    flood.extend_from_slice(b"\r\n");
+    let reply = send_raw(addr, &flood);
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    // Others are served throughout.
+    assert_eq!(curl(addr, "/health", &[]).status, 200);
+}
