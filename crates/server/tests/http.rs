@@ -1014,3 +1014,96 @@ fn slow_headers_and_header_floods_are_cut_off_and_others_still_served() {
     // Others are served throughout.
     assert_eq!(curl(addr, "/health", &[]).status, 200);
 }
+
+/// A TCP proxy to `target` that the test can take down (closing every connection through it
+/// and refusing new ones) and bring back on the same port: a database that goes away.
+struct Proxy {
+    addr: SocketAddr,
+    down: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    fn start(target: SocketAddr) -> Proxy {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = port.local_addr().unwrap();
+        drop(port);
+        let (down, mut is_down) = tokio::sync::watch::channel(false);
+        let (ready, bound) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async move {
+                loop {
+                    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+                    ready.send(()).ok();
+                    let mut links = tokio::task::JoinSet::new();
+                    loop {
+                        tokio::select! {
+                            accepted = listener.accept() => {
+                                let Ok((mut client, _)) = accepted else { continue };
+                                links.spawn(async move {
+                                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                                    }
+                                });
+                            }
+                            _ = is_down.wait_for(|down| *down) => break,
+                        }
+                    }
+                    drop(listener);
+                    links.abort_all();
+                    if is_down.wait_for(|down| !*down).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        });
+        bound.recv().unwrap();
+        Proxy { addr, down }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.send(down).unwrap();
+    }
+}
+
+#[test]
+fn a_database_that_goes_away_gets_503_and_nothing_unmetered() {
+    let url = fresh_postgres("outage");
+    let (prefix, rest) = url.split_once('@').unwrap();
+    let (host, database) = rest.split_once('/').unwrap();
+    let target: SocketAddr = host.parse().unwrap();
+    let proxy = Proxy::start(target);
+    let replica = start_with_store(
+        Config::default(),
+        Some(format!("{prefix}@{}/{database}", proxy.addr)),
+    );
+    let key = create_key(&replica, NewKey::named("shop"));
+    let header = format!("x-api-key: {key}");
+    let image = format!("image_file={}", photo());
+    let segment = || {
+        curl(
+            replica.addr,
+            "/v1/segment",
+            &["-H", &header, "-F", &image, "-F", "size=preview"],
+        )
+    };
+    assert_eq!(segment().status, 200);
+
+    proxy.set_down(true);
+    let refused = segment();
+    assert_eq!(
+        refused.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(refused.json()["type"], "accounts_unavailable");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(curl(replica.addr, "/health", &[]).status, 200);
+
+    proxy.set_down(false);
+    assert_eq!(segment().status, 200);
+    // Two images, two quarter credits: the refused request charged nothing.
+    let account = curl(replica.addr, "/v1/account", &["-H", &header]).json();
+    assert_eq!(account["credits"]["available"], 9999.5, "{account}");
+}
