@@ -62,6 +62,15 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's headers before its connection is closed.
     #[arg(long, default_value_t = 30)]
     header_timeout: u64,
+    /// Seconds a client may pause while sending a body (then 408).
+    #[arg(long, default_value_t = 30)]
+    body_timeout: u64,
+    /// Bytes per second a body must average after its first 10 s (then 408).
+    #[arg(long, default_value_t = 1024)]
+    min_body_rate: u64,
+    /// Connections open at once; more are answered 503 with Retry-After and closed.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
     /// Most headers in one request (more: 431).
     #[arg(long, default_value_t = 100)]
     max_headers: usize,
@@ -130,6 +139,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         lease: Duration::from_secs(args.lease_seconds.max(3)),
         header_read_timeout: Duration::from_secs(args.header_timeout.max(1)),
         max_headers: args.max_headers.max(1),
+        body_pace: cutout_server::body::Pace {
+            idle: Duration::from_secs(args.body_timeout.max(1)),
+            min_rate: args.min_body_rate,
+            grace: Duration::from_secs(10),
+        },
+        max_connections: args.max_connections.max(1),
         ..Config::default()
     };
     config.batching.max_batch = args.max_batch.max(1);

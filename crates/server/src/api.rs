@@ -225,6 +225,9 @@ fn body_failure(error: BodyError, dialect: Dialect) -> Failure {
             message,
         ),
         BodyError::Malformed(message) => Failure::bad_request("validation_error", message),
+        BodyError::TooSlow(message) => {
+            Failure::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+        }
     }
 }
 
@@ -536,7 +539,7 @@ async fn segment(
 ) -> Result<Reply, Failure> {
     let received = Instant::now();
     let json_wanted = wants_json(&request);
-    let form = body::read_form(request, state.config.max_upload)
+    let form = body::read_form(request, state.config.max_upload, state.config.body_pace)
         .await
         .map_err(|e| body_failure(e, Dialect::Segment))?;
     let edit = photoroom::parse_v1_segment(form.parameters()).map_err(field_failure)?;
@@ -581,7 +584,7 @@ async fn edit(
             files: Vec::new(),
         }
     } else {
-        let mut form = body::read_form(request, state.config.max_upload)
+        let mut form = body::read_form(request, state.config.max_upload, state.config.body_pace)
             .await
             .map_err(|e| body_failure(e, Dialect::PhotoRoom))?;
         form.fields
@@ -652,7 +655,7 @@ async fn remove_bg(
 ) -> Result<Reply, Failure> {
     let received = Instant::now();
     let json_wanted = wants_json(&request);
-    let form = body::read_form(request, state.config.max_upload)
+    let form = body::read_form(request, state.config.max_upload, state.config.body_pace)
         .await
         .map_err(|e| body_failure(e, Dialect::RemoveBg))?;
     let edit = removebg::parse(form.parameters())
@@ -764,7 +767,7 @@ async fn simple(
     key: Option<&Key>,
 ) -> Result<Reply, Failure> {
     let received = Instant::now();
-    let form = body::read_form(request, 20 * 1024 * 1024)
+    let form = body::read_form(request, 20 * 1024 * 1024, state.config.body_pace)
         .await
         .map_err(|e| body_failure(e, Dialect::Simple))?;
     let image = ["image", "image_file", "file"]

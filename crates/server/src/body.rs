@@ -41,6 +41,18 @@ pub enum BodyError {
     TooLarge(u64),
     Unsupported(String),
     Malformed(String),
+    /// The client stopped sending, or sends slower than the minimum rate.
+    TooSlow(String),
+}
+
+/// How slowly a client may send a body.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Longest wait for the next piece of the body.
+    pub idle: std::time::Duration,
+    /// Bytes per second the body must average once `grace` has passed.
+    pub min_rate: u64,
+    pub grace: std::time::Duration,
 }
 
 pub fn query(request: &Request<Incoming>) -> Vec<(String, String)> {
@@ -51,7 +63,11 @@ pub fn query(request: &Request<Incoming>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-pub async fn read_form(request: Request<Incoming>, limit: u64) -> Result<Form, BodyError> {
+pub async fn read_form(
+    request: Request<Incoming>,
+    limit: u64,
+    pace: Pace,
+) -> Result<Form, BodyError> {
     let (parts, body) = request.into_parts();
     let declared = parts
         .headers
@@ -61,18 +77,42 @@ pub async fn read_form(request: Request<Incoming>, limit: u64) -> Result<Form, B
     if declared.is_some_and(|len| len > limit) {
         return Err(BodyError::TooLarge(limit));
     }
-    let bytes = Limited::new(body, limit as usize)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                BodyError::TooLarge(limit)
-            } else {
-                BodyError::Malformed(format!("could not read the body: {e}"))
+    let mut body = Limited::new(body, limit as usize);
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let started = tokio::time::Instant::now();
+    loop {
+        let frame = match tokio::time::timeout(pace.idle, body.frame()).await {
+            Err(_) => {
+                return Err(BodyError::TooSlow(format!(
+                    "no body data for {} s",
+                    pace.idle.as_secs_f32()
+                )));
             }
-        })?
-        .to_bytes();
-    parse(&parts.headers, bytes).await
+            Ok(None) => break,
+            Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(BodyError::TooLarge(limit));
+            }
+            Ok(Some(Err(e))) => {
+                return Err(BodyError::Malformed(format!(
+                    "could not read the body: {e}"
+                )));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            bytes.extend_from_slice(&data);
+        }
+        let elapsed = started.elapsed();
+        if elapsed > pace.grace
+            && (bytes.len() as f64) < pace.min_rate as f64 * elapsed.as_secs_f64()
+        {
+            return Err(BodyError::TooSlow(format!(
+                "the body arrives slower than {} bytes/s",
+                pace.min_rate
+            )));
+        }
+    }
+    parse(&parts.headers, Bytes::from(bytes)).await
 }
 
 async fn parse(headers: &HeaderMap, bytes: Bytes) -> Result<Form, BodyError> {

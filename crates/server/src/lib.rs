@@ -4,7 +4,7 @@
 
 pub mod accounts;
 mod api;
-mod body;
+pub mod body;
 pub mod fetch;
 pub mod keys;
 mod limit;
@@ -56,6 +56,10 @@ pub struct Config {
     /// Time a client has to send a request's headers before its connection is closed (a
     /// slowloris client holds nothing longer than this).
     pub header_read_timeout: Duration,
+    /// How slowly a client may send a body (408 beyond it).
+    pub body_pace: body::Pace,
+    /// Connections open at once; one more is answered 503 with `Retry-After` and closed.
+    pub max_connections: usize,
     /// Most headers in one request; more get 431.
     pub max_headers: usize,
     /// Most bytes of request line and headers; more get 431.
@@ -80,6 +84,12 @@ impl Default for Config {
             rate_limit: 500,
             lease: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(30),
+            body_pace: body::Pace {
+                idle: Duration::from_secs(30),
+                min_rate: 1024,
+                grace: Duration::from_secs(10),
+            },
+            max_connections: 1024,
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -139,12 +149,19 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
         model,
     });
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        state.config.max_connections.max(1),
+    ));
     let task = tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
+                    let Ok((mut stream, _)) = accepted else { continue };
+                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                        tokio::spawn(async move { refuse_connection(&mut stream).await });
+                        continue;
+                    };
                     let mut http = http1::Builder::new();
                     http.timer(TokioTimer::new())
                         .header_read_timeout(state.config.header_read_timeout)
@@ -159,6 +176,7 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {
                         let _ = connection.await;
+                        drop(permit);
                     });
                 }
                 _ = stopped.changed() => break,
@@ -173,6 +191,19 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     });
     Ok(Server { addr, stop, task })
+}
+
+/// One connection over `Config::max_connections`: a 503 in plain HTTP, then closed.
+async fn refuse_connection(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":{"code":"too_many_connections","message":"too many open connections; retry later"}}"#;
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(reply.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 async fn handle(

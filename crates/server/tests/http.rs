@@ -1107,3 +1107,83 @@ fn a_database_that_goes_away_gets_503_and_nothing_unmetered() {
     let account = curl(replica.addr, "/v1/account", &["-H", &header]).json();
     assert_eq!(account["credits"]["available"], 9999.5, "{account}");
 }
+
+#[test]
+fn trickled_bodies_and_connections_over_the_limit_are_refused() {
+    let config = Config {
+        header_read_timeout: std::time::Duration::from_secs(1),
+        body_pace: cutout_server::body::Pace {
+            idle: std::time::Duration::from_secs(1),
+            min_rate: 1024,
+            grace: std::time::Duration::from_secs(1),
+        },
+        max_connections: 3,
+        ..Config::default()
+    };
+    let addr = start(config);
+    // A body that stops: 408 after the idle timeout.
+    let stalled = send_raw(
+        addr,
+        b"POST /v1/segment HTTP/1.1\r\nHost: cutout\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\n",
+    );
+    assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
+    assert!(stalled.contains("request_timeout"), "{stalled}");
+
+    // A body trickled a byte every 100 ms: 408 once the grace second has passed.
+    use std::io::{Read, Write};
+    let mut trickle = std::net::TcpStream::connect(addr).unwrap();
+    trickle
+        .write_all(b"POST /v1/segment HTTP/1.1\r\nHost: cutout\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    trickle
+        .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    for _ in 0..300 {
+        match trickle.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => reply.extend_from_slice(&buffer[..n]),
+            Err(_) => {
+                // No answer yet: one more byte (until the server closes the connection).
+                if trickle.write_all(b"-").is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("slower than 1024 bytes/s"), "{reply}");
+
+    // Three idle connections fill the limit: a fourth is answered 503 and closed.
+    let idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // Wait until the server holds all three (it answers a fourth with 503), then check it.
+    let mut refused = String::new();
+    for _ in 0..500 {
+        refused = send_raw(addr, b"GET /health HTTP/1.1\r\nHost: cutout\r\n\r\n");
+        if refused.starts_with("HTTP/1.1 503") {
+            break;
+        }
+    }
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("retry-after: 1") || refused.contains("Retry-After: 1"));
+    // Idle connections are closed by the header timeout, and service resumes.
+    for mut connection in idle {
+        connection
+            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = connection.read_to_end(&mut rest);
+    }
+    let mut status = 0;
+    for _ in 0..500 {
+        status = curl(addr, "/health", &[]).status;
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200);
+}
