@@ -1,8 +1,9 @@
 //! Accounts: keys, credits, rate limits and usage history in a database. An embedded SQLite
 //! file by default; PostgreSQL when several replicas share one ledger. Both run the same SQL
-//! ([`sql::SqlStore`], generic over the sqlx driver); they differ only in how a write
-//! transaction locks (SQLite `BEGIN IMMEDIATE`, PostgreSQL a row lock on the key) and in
-//! their migration's column types.
+//! ([`sql::SqlStore`], generic over the sqlx driver), except the two hot operations, reserve
+//! and commit, which each database makes atomic in one round trip its own way (a
+//! multi-statement query in a `BEGIN IMMEDIATE` transaction on SQLite, a PL/pgSQL function
+//! on PostgreSQL), and their migrations' column types.
 //!
 //! Queries are plain `sqlx::query` strings rather than the checked `query!` macros: those
 //! check against one `DATABASE_URL` per crate, and this crate has two databases. Instead the

@@ -1,5 +1,6 @@
 //! The store's SQL, one implementation for SQLite and PostgreSQL (the statements are portable:
-//! `$N` parameters, `ON CONFLICT … DO UPDATE … WHERE`, `RETURNING`).
+//! `$N` parameters, `ON CONFLICT … DO UPDATE … WHERE`, `RETURNING`), but for [`Backend`]'s
+//! reserve and commit.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -43,20 +44,24 @@ impl Backend for Sqlite {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(
             "DELETE FROM reservations WHERE key_id = $1 AND expires_at < $5; \
-               INSERT INTO reservations \
-               (key_id, replica, month, subscription_millicredits, payg_millicredits, expires_at) \
-               SELECT $1, $6, $2, MIN($3, subscription_left), $3 - MIN($3, subscription_left), $7 \
-               FROM (SELECT MAX(0, $4 - used - subscription_held) AS subscription_left, \
-               MAX(0, payg - payg_held) AS payg_left \
-               FROM (SELECT \
-               COALESCE((SELECT used_millicredits FROM month_usage \
-               WHERE key_id = $1 AND month = $2), 0) AS used, \
-               COALESCE((SELECT subscription_millicredits FROM holds WHERE key_id = $1), 0) AS subscription_held, \
-               payg_millicredits AS payg, \
-               COALESCE((SELECT payg_millicredits FROM holds WHERE key_id = $1), 0) AS payg_held \
-               FROM keys WHERE id = $1)) \
-               WHERE subscription_left + payg_left >= $3 \
-               RETURNING id",
+             INSERT INTO reservations \
+               (key_id, replica, month, subscription_millicredits, payg_millicredits, \
+                expires_at) \
+             SELECT $1, $6, $2, MIN($3, subscription_left), \
+                    $3 - MIN($3, subscription_left), $7 \
+             FROM (SELECT MAX(0, $4 - used - subscription_held) AS subscription_left, \
+                          MAX(0, payg - payg_held) AS payg_left \
+                   FROM (SELECT \
+                           COALESCE((SELECT used_millicredits FROM month_usage \
+                                     WHERE key_id = $1 AND month = $2), 0) AS used, \
+                           COALESCE((SELECT subscription_millicredits FROM holds \
+                                     WHERE key_id = $1), 0) AS subscription_held, \
+                           payg_millicredits AS payg, \
+                           COALESCE((SELECT payg_millicredits FROM holds \
+                                     WHERE key_id = $1), 0) AS payg_held \
+                         FROM keys WHERE id = $1)) \
+             WHERE subscription_left + payg_left >= $3 \
+             RETURNING id",
         )
         .bind(hold.key_id)
         .bind(hold.month.to_string())
@@ -80,19 +85,22 @@ impl Backend for Sqlite {
         // Each statement reads the reservation, so a released one charges nothing.
         let rows = sqlx::query(
             "INSERT INTO month_usage (key_id, month, used_millicredits) \
-               SELECT key_id, month, subscription_millicredits FROM reservations WHERE id = $1 \
-               ON CONFLICT (key_id, month) DO UPDATE \
-               SET used_millicredits = month_usage.used_millicredits + excluded.used_millicredits; \
-               UPDATE keys SET \
+               SELECT key_id, month, subscription_millicredits FROM reservations \
+               WHERE id = $1 \
+               ON CONFLICT (key_id, month) DO UPDATE SET used_millicredits = \
+                 month_usage.used_millicredits + excluded.used_millicredits; \
+             UPDATE keys SET \
                payg_millicredits = payg_millicredits \
-               - (SELECT payg_millicredits FROM reservations WHERE id = $1), \
+                 - (SELECT payg_millicredits FROM reservations WHERE id = $1), \
                last_used_at = $2 \
-               WHERE id = (SELECT key_id FROM reservations WHERE id = $1) \
+             WHERE id = (SELECT key_id FROM reservations WHERE id = $1) \
                AND (last_used_at IS NULL OR last_used_at < $2 - 60 \
-               OR (SELECT payg_millicredits FROM reservations WHERE id = $1) > 0); \
-               INSERT INTO usage (key_id, at, endpoint, megapixels, millicredits, status, duration_ms) \
-               SELECT $8, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM reservations WHERE id = $1); \
-               DELETE FROM reservations WHERE id = $1 RETURNING id",
+                    OR (SELECT payg_millicredits FROM reservations WHERE id = $1) > 0); \
+             INSERT INTO usage \
+               (key_id, at, endpoint, megapixels, millicredits, status, duration_ms) \
+               SELECT $8, $2, $3, $4, $5, $6, $7 \
+               WHERE EXISTS (SELECT 1 FROM reservations WHERE id = $1); \
+             DELETE FROM reservations WHERE id = $1 RETURNING id",
         )
         .bind(reservation)
         .bind(usage.at)
