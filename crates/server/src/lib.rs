@@ -28,7 +28,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 pub use fetch::FetchPolicy;
-pub use limit::{Clock, system_clock};
+pub use limit::{Clock, system_clock, unix_now};
 pub use queue::Batching;
 
 pub struct Config {

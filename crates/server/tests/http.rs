@@ -860,29 +860,14 @@ fn parallel_requests_never_overdraw_credits() {
     assert_eq!((images, spent), (10, 10_000));
 }
 
-/// A database of its own on the test PostgreSQL (see tests/store.rs).
+mod common;
+
+/// A database of its own on the test PostgreSQL.
 fn fresh_postgres(test: &str) -> String {
-    let url = std::env::var("CUTOUT_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-    let name = format!("cutout_http_{test}_{}", std::process::id());
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let admin = sqlx::PgPool::connect(&url).await.unwrap_or_else(|e| {
-            panic!("no PostgreSQL at {url} ({e}): run `cargo xtask test`, which starts one")
-        });
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name}"
-        )))
-        .execute(&admin)
-        .await
-        .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-    });
-    let (base, _) = url.rsplit_once('/').expect("a database in the URL");
-    format!("{base}/{name}")
+    let prefix = format!("cutout_http_{test}");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::fresh_postgres(&prefix))
 }
 
 /// `count` requests at once, alternating between the replicas; their statuses.

@@ -10,33 +10,10 @@ use cutout_server::store::{
     self, Balance, Hold, MILLI, NewKey, Plan, RateTake, Store, StoreError, UsageRow,
 };
 
-fn postgres_url() -> String {
-    std::env::var("CUTOUT_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
+mod common;
 
-/// A database of its own on the test PostgreSQL, dropped by nobody: the cluster is throwaway.
 async fn fresh_postgres() -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let url = postgres_url();
-    let name = format!(
-        "cutout_test_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let admin = sqlx::PgPool::connect(&url).await.unwrap_or_else(|e| {
-        panic!(
-            "no PostgreSQL at {url} ({e}): run `cargo xtask test`, which starts one, or set \
-             CUTOUT_TEST_DATABASE_URL"
-        )
-    });
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (base, _) = url.rsplit_once('/').expect("a database in the URL");
-    format!("{base}/{name}")
+    common::fresh_postgres("cutout_test").await
 }
 
 fn fresh_sqlite_path() -> std::path::PathBuf {
@@ -486,24 +463,15 @@ async fn bad_store_urls_and_files_are_refused_by_name() {
 
 #[tokio::test]
 async fn migrations_apply_once_and_data_survives_reopening() {
-    let path = fresh_sqlite_path();
-    let url = format!("sqlite://{}", path.display());
-    let store = store::open(&url).await.unwrap();
-    store
-        .create_key(&NewKey::named("shop"), "h", NOW)
-        .await
-        .unwrap();
-    drop(store);
-    let reopened = store::open(&url).await.unwrap();
-    assert!(reopened.key_by_hash("h").await.unwrap().is_some());
-
-    let url = fresh_postgres().await;
-    let store = store::open(&url).await.unwrap();
-    store
-        .create_key(&NewKey::named("shop"), "h", NOW)
-        .await
-        .unwrap();
-    drop(store);
-    let reopened = store::open(&url).await.unwrap();
-    assert!(reopened.key_by_hash("h").await.unwrap().is_some());
+    let sqlite = format!("sqlite://{}", fresh_sqlite_path().display());
+    for url in [sqlite, fresh_postgres().await] {
+        let store = store::open(&url).await.unwrap();
+        store
+            .create_key(&NewKey::named("shop"), "h", NOW)
+            .await
+            .unwrap();
+        drop(store);
+        let reopened = store::open(&url).await.unwrap();
+        assert!(reopened.key_by_hash("h").await.unwrap().is_some(), "{url}");
+    }
 }

@@ -349,6 +349,29 @@ where
     .bind(usage.duration_ms)
 }
 
+impl<DB: Backend> SqlStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    /// The live key that `query` (selecting [`key_columns`] by `$1`) finds.
+    async fn live_key(&self, query: &'static str, value: &str) -> Result<Option<Key>, StoreError> {
+        let row = sqlx::query(query)
+            .bind(value.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| key_from_row(&r)).transpose()?)
+    }
+}
+
 #[async_trait]
 impl<DB: Backend> Store for SqlStore<DB>
 where
@@ -395,27 +418,27 @@ where
     }
 
     async fn key_by_hash(&self, hash: &str) -> Result<Option<Key>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            key_columns!(),
-            " FROM keys WHERE hash = $1 AND revoked_at IS NULL"
-        ))
-        .bind(hash.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| key_from_row(&r)).transpose()?)
+        self.live_key(
+            concat!(
+                "SELECT ",
+                key_columns!(),
+                " FROM keys WHERE hash = $1 AND revoked_at IS NULL"
+            ),
+            hash,
+        )
+        .await
     }
 
     async fn key_by_name(&self, name: &str) -> Result<Option<Key>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            key_columns!(),
-            " FROM keys WHERE name = $1 AND revoked_at IS NULL"
-        ))
-        .bind(name.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| key_from_row(&r)).transpose()?)
+        self.live_key(
+            concat!(
+                "SELECT ",
+                key_columns!(),
+                " FROM keys WHERE name = $1 AND revoked_at IS NULL"
+            ),
+            name,
+        )
+        .await
     }
 
     async fn keys(&self) -> Result<Vec<Key>, StoreError> {
