@@ -3,16 +3,15 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use cutout_benches::{decoded, jpeg_photo};
-use cutout_core::encode::{OutputFormat, encode};
+use cutout_core::edit::{Edit, Editor, Job};
+use cutout_core::encode::encode_result;
 use cutout_core::gpu::Gpu;
-use cutout_core::ops::CutoutMode;
-use cutout_core::remove::Remover;
 
 fn benches(c: &mut Criterion) {
     cutout_benches::setup();
     let gpu = Gpu::from_env().expect("a wgpu adapter");
-    let remover = Remover::load(&gpu, "u2netp", false).expect("default model");
-    let session = remover.session();
+    let editor = Editor::load(&gpu, "u2netp", false).expect("default model");
+    let session = editor.remover().session();
     let backend = format!("{:?}", session.device());
 
     let mut forward = c.benchmark_group(format!("u2netp forward 320x320 ({backend})"));
@@ -39,10 +38,15 @@ fn benches(c: &mut Criterion) {
         end_to_end.throughput(Throughput::Elements(1));
         end_to_end.bench_function(format!("{megapixels} MP JPEG to PNG"), |b| {
             b.iter(|| {
-                let image = decoded(&jpeg);
-                let mode = CutoutMode::Cutout { background: None };
-                let (results, _) = remover.remove(&[image], mode).unwrap();
-                encode(&results[0], OutputFormat::Png).unwrap()
+                let edit = Edit::default();
+                let (format, channels) = (edit.format, edit.channels);
+                let job = Job {
+                    image: decoded(&jpeg),
+                    background: None,
+                    edit,
+                };
+                let output = editor.render(&[job]).remove(0).unwrap();
+                encode_result(&output.image, format, channels, None).unwrap()
             })
         });
     }

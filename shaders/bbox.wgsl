@@ -1,5 +1,6 @@
 // Measures a mask: the box of pixels at or above the foreground threshold, how many there
-// are, and how many are uncertain (between the two thresholds).
+// are, and how many are uncertain (between the two thresholds). The mask is one channel of
+// an RGBA8 image: red for a model's mask, alpha for a photo's own transparency.
 
 struct Params {
     size: vec2<u32>,
@@ -7,6 +8,8 @@ struct Params {
     certain: f32,
     // Only pixels inside this region (x0, y0, x1, y1) count.
     roi: vec4<f32>,
+    // 0: red, 3: alpha.
+    channel: u32,
 }
 
 struct Stats {
@@ -31,7 +34,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     if (any(centre < params.roi.xy) || any(centre > params.roi.zw)) {
         return;
     }
-    let m = unpack4x8unorm(mask[id.y * params.size.x + id.x]).r;
+    let m = unpack4x8unorm(mask[id.y * params.size.x + id.x])[params.channel];
     if (m < params.foreground) {
         return;
     }

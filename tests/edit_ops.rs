@@ -3,7 +3,8 @@
 //! floor for exact operations; approximations say why they allow more.
 
 use cutout_core::ops::{
-    BlurKind, ComposeLayers, ComposeStyle, Filter, ImageOps, PlaceMap, Refinement, ShadowLayer,
+    BlurKind, ComposeLayers, ComposeStyle, Filter, ImageOps, MaskChannel, PlaceMap, Refinement,
+    ShadowLayer,
 };
 use cutout_tests::*;
 use image::{Rgba, RgbaImage};
@@ -402,7 +403,7 @@ fn mask_stats_match_cpu() {
     let ops = ops();
     let mask = disc_mask(30.0, 20.0, 8.0);
     let stats = ops
-        .mask_stats(&ops.upload(&mask).unwrap(), full_roi())
+        .mask_stats(&ops.upload(&mask).unwrap(), MaskChannel::Red, full_roi())
         .unwrap();
     let fg: Vec<(u32, u32)> = mask
         .enumerate_pixels()
@@ -549,12 +550,24 @@ fn cpu_mask_stats_match_the_shader() {
     let (photo, mask) = coffee_and_refined_mask();
     let (w, h) = (photo.width() as f32, photo.height() as f32);
     let uploaded = ops.upload(&mask).unwrap();
-    for roi in [[0.0, 0.0, w, h], [40.5, 10.0, w * 0.6, h * 0.7], [0.0; 4]] {
-        let shader = ops.mask_stats(&uploaded, roi).unwrap();
-        let cpu = cutout_core::ops::cpu::mask_stats(&mask, roi);
-        assert_eq!(cpu, shader, "roi {roi:?}");
+    // The same matte as a photo's own transparency: its colours must not count.
+    let mut cut_out = photo.clone();
+    for (pixel, m) in cut_out.pixels_mut().zip(mask.pixels()) {
+        pixel.0[3] = m.0[0];
     }
-    let whole = cutout_core::ops::cpu::mask_stats(&mask, [0.0, 0.0, w, h]);
+    let uploaded_cut_out = ops.upload(&cut_out).unwrap();
+    for roi in [[0.0, 0.0, w, h], [40.5, 10.0, w * 0.6, h * 0.7], [0.0; 4]] {
+        let shader = ops.mask_stats(&uploaded, MaskChannel::Red, roi).unwrap();
+        let cpu = cutout_core::ops::cpu::mask_stats(&mask, MaskChannel::Red, roi);
+        assert_eq!(cpu, shader, "roi {roi:?}");
+        let alpha_shader = ops
+            .mask_stats(&uploaded_cut_out, MaskChannel::Alpha, roi)
+            .unwrap();
+        let alpha_cpu = cutout_core::ops::cpu::mask_stats(&cut_out, MaskChannel::Alpha, roi);
+        assert_eq!(alpha_shader, shader, "alpha, roi {roi:?}");
+        assert_eq!(alpha_cpu, cpu, "alpha, roi {roi:?}");
+    }
+    let whole = cutout_core::ops::cpu::mask_stats(&mask, MaskChannel::Red, [0.0, 0.0, w, h]);
     assert!(
         whole.foreground > 10_000 && whole.uncertain > 100,
         "{whole:?}"

@@ -2,8 +2,8 @@
 //! and `rembg i -m u2netp -om` masks, produced by fixtures/make_fixtures.py.
 
 use burn::tensor::Device;
+use cutout_core::edit::{Channels, Color, Edit, Editor, Fill};
 use cutout_core::model::{self, Session};
-use cutout_core::ops::CutoutMode;
 use cutout_core::remove::Remover;
 use cutout_tests::*;
 
@@ -112,12 +112,16 @@ fn remover() -> Remover {
     Remover::new(gpu(), session(&Device::flex()))
 }
 
+fn editor() -> Editor {
+    Editor::new(remover())
+}
+
 #[test]
 fn full_size_mask_matches_rembg() {
-    let remover = remover();
+    let editor = editor();
     for name in PHOTOS {
         let (mae, iou) = mask_vs_rembg(
-            &remover,
+            &editor,
             &fixture(&format!("images/{name}.jpg")),
             &fixture(&format!("images/{name}.rembg-mask.png")),
         );
@@ -134,38 +138,43 @@ fn full_size_mask_matches_rembg() {
     }
 }
 
+/// The default removal (`cutout remove`, `/v1/segment`) is the photo's colours with its
+/// refined mask as alpha; on a colour it is the photo over that colour by the same mask.
 #[test]
 fn cutout_keeps_colour_and_uses_mask_as_alpha() {
-    let remover = remover();
+    let editor = editor();
     let bytes = std::fs::read(fixture("images/chelsea.jpg")).unwrap();
     let image = cutout_core::decode::decode(&bytes, Default::default()).unwrap();
-    let (masks, _) = remover
-        .remove(std::slice::from_ref(&image), CutoutMode::MaskOnly)
-        .unwrap();
-    let (cutouts, _) = remover
-        .remove(
-            std::slice::from_ref(&image),
-            CutoutMode::Cutout { background: None },
-        )
-        .unwrap();
-    for ((cut, mask), original) in cutouts[0]
-        .pixels()
-        .zip(masks[0].pixels())
-        .zip(image.pixels())
-    {
+    let mask = render(
+        &editor,
+        &image,
+        Edit {
+            channels: Channels::Alpha,
+            ..Edit::default()
+        },
+    );
+    let cutout = render(&editor, &image, Edit::default());
+    let mut partial = 0;
+    for ((cut, mask), original) in cutout.pixels().zip(mask.pixels()).zip(image.pixels()) {
         assert_eq!(cut.0[3], mask.0[0]);
-        assert_eq!(cut.0[..3], original.0[..3]);
+        if cut.0[3] == 255 {
+            assert_eq!(cut.0[..3], original.0[..3]);
+        }
+        partial += (cut.0[3] > 0 && cut.0[3] < 255) as usize;
     }
-    let white = [1.0, 1.0, 1.0, 1.0];
-    let (flat, _) = remover
-        .remove(
-            std::slice::from_ref(&image),
-            CutoutMode::Cutout {
-                background: Some(white),
-            },
-        )
-        .unwrap();
-    for ((out, mask), original) in flat[0].pixels().zip(masks[0].pixels()).zip(image.pixels()) {
+    assert!(
+        partial > 1000,
+        "a soft edge: {partial} partly transparent pixels"
+    );
+    let white = Edit {
+        background: cutout_core::edit::Background {
+            fill: Fill::Color(Color::WHITE),
+            blur: None,
+        },
+        ..Edit::default()
+    };
+    let flat = render(&editor, &image, white);
+    for ((out, mask), original) in flat.pixels().zip(mask.pixels()).zip(image.pixels()) {
         let a = mask.0[0] as f32 / 255.0;
         for c in 0..3 {
             let expected = original.0[c] as f32 * a + 255.0 * (1.0 - a);
@@ -254,14 +263,12 @@ fn masks_are_read_from_the_model_output_tensor() {
 fn device_resident_model_path_matches_the_cpu_path() {
     let bytes = std::fs::read(fixture("images/chelsea.jpg")).unwrap();
     let image = cutout_core::decode::decode(&bytes, Default::default()).unwrap();
-    let on_device = Remover::new(gpu(), session(&gpu().burn_device));
-    let (device_masks, _) = on_device
-        .remove(std::slice::from_ref(&image), CutoutMode::MaskOnly)
-        .unwrap();
-    let (host_masks, _) = remover().remove(&[image], CutoutMode::MaskOnly).unwrap();
-    let worst = device_masks[0]
+    let on_device = Editor::new(Remover::new(gpu(), session(&gpu().burn_device)));
+    let device_mask = render(&on_device, &image, rembg_mask_edit());
+    let host_mask = render(&editor(), &image, rembg_mask_edit());
+    let worst = device_mask
         .pixels()
-        .zip(host_masks[0].pixels())
+        .zip(host_mask.pixels())
         .map(|(a, b)| a.0[0].abs_diff(b.0[0]))
         .max()
         .unwrap();

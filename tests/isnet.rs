@@ -126,9 +126,9 @@ fn isnet_full_size_mask_matches_rembg() {
     let spec = model::spec("isnet-general-use").unwrap();
     let bytes = std::fs::read(dir.join("isnet.onnx")).unwrap();
     let session = Session::from_onnx(spec, &bytes, &Device::flex()).unwrap();
-    let remover = cutout_core::remove::Remover::new(gpu(), session);
+    let editor = cutout_core::edit::Editor::new(cutout_core::remove::Remover::new(gpu(), session));
     let (mae, iou) = mask_vs_rembg(
-        &remover,
+        &editor,
         &fixture("images/astronaut.jpg"),
         &dir.join("rembg-mask.png"),
     );

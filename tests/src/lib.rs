@@ -38,19 +38,41 @@ pub fn flex_vs_wgpu(
     err
 }
 
-/// The full-size mask `remover` makes for the photo at `photo` against rembg's for it
+/// `edit` of `image`, rendered by `editor` alone in its batch.
+pub fn render(
+    editor: &cutout_core::edit::Editor,
+    image: &image::RgbaImage,
+    edit: cutout_core::edit::Edit,
+) -> image::RgbaImage {
+    let job = cutout_core::edit::Job {
+        image: image.clone(),
+        background: None,
+        edit,
+    };
+    let mut outputs = editor.render(std::slice::from_ref(&job));
+    outputs.remove(0).unwrap().image
+}
+
+/// rembg's own output: the model's mask upsampled (no refinement), as a grey image.
+pub fn rembg_mask_edit() -> cutout_core::edit::Edit {
+    cutout_core::edit::Edit {
+        refine: false,
+        channels: cutout_core::edit::Channels::Alpha,
+        ..Default::default()
+    }
+}
+
+/// The full-size mask `editor` makes for the photo at `photo` against rembg's for it
 /// (`rembg i -om`): mean abs error (0..1) and IoU at 0.5.
 pub fn mask_vs_rembg(
-    remover: &cutout_core::remove::Remover,
+    editor: &cutout_core::edit::Editor,
     photo: &std::path::Path,
     rembg_mask: &std::path::Path,
 ) -> (f32, f32) {
     let bytes = std::fs::read(photo).unwrap();
     let image = cutout_core::decode::decode(&bytes, Default::default()).unwrap();
-    let (masks, _) = remover
-        .remove(&[image], cutout_core::ops::CutoutMode::MaskOnly)
-        .unwrap();
-    let ours: Vec<f32> = masks[0].pixels().map(|p| p.0[0] as f32 / 255.0).collect();
+    let mask = render(editor, &image, rembg_mask_edit());
+    let ours: Vec<f32> = mask.pixels().map(|p| p.0[0] as f32 / 255.0).collect();
     let reference: Vec<f32> = image::open(rembg_mask)
         .unwrap()
         .into_luma8()

@@ -5,13 +5,10 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Args;
 use cutout_core::decode::{DecodeLimits, decode};
-use cutout_core::edit::{Channels, Format};
-use cutout_core::encode::{OutputFormat, encode, encode_result};
+use cutout_core::edit::{Background, Channels, Color, Edit, Editor, Fill, Format, Job};
+use cutout_core::encode::encode_result;
 use cutout_core::gpu::Gpu;
-use cutout_core::ops::{CutoutMode, Refinement};
-use cutout_core::remove::Remover;
 use cutout_core::timing::{Stage, StageTimes};
-use image::RgbaImage;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
@@ -39,10 +36,10 @@ pub struct RemoveArgs {
     /// Output format.
     #[arg(long, default_value = "png")]
     format: String,
-    /// Refine the mask's edges with the photo as guide (a guided filter; see the README).
-    /// Without it the mask is upsampled as rembg does.
+    /// Upsample the model's mask as rembg does, without refining its edges with the photo
+    /// as guide (the guided filter the HTTP APIs also apply; see the README).
     #[arg(long)]
-    refine: bool,
+    no_refine: bool,
     /// Do not download a missing model.
     #[arg(long)]
     offline: bool,
@@ -55,29 +52,41 @@ pub struct RemoveArgs {
     batch: u16,
 }
 
-struct Job {
+struct File {
     input: PathBuf,
     output: PathBuf,
 }
 
-pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
-    let format: OutputFormat = args.format.parse()?;
-    let background = args.bg_color.as_deref().map(parse_color).transpose()?;
-    let mode = if args.only_mask {
-        CutoutMode::MaskOnly
-    } else {
-        CutoutMode::Cutout { background }
+/// `cutout remove` is the edit `POST /v1/segment` runs, with the same defaults: the
+/// subject on transparency (or on `--bg-color`), or its mask (`--only-mask`).
+fn edit(args: &RemoveArgs, format: Format) -> anyhow::Result<Edit> {
+    let fill = match args.bg_color.as_deref() {
+        Some(text) => Fill::Color(parse_color(text)?),
+        None => Fill::Transparent,
     };
-    let jobs = plan(&args, format)?;
+    Ok(Edit {
+        refine: !args.no_refine,
+        background: Background { fill, blur: None },
+        channels: if args.only_mask {
+            Channels::Alpha
+        } else {
+            Channels::Rgba
+        },
+        format,
+        ..Edit::default()
+    })
+}
+
+pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
+    let (format, extension) = output_format(&args.format)?;
+    let edit = edit(&args, format)?;
+    let files = plan(&args, extension)?;
 
     let gpu = Gpu::from_env()?;
-    let mut remover = Remover::load(&gpu, &args.model, !args.offline)?;
-    if args.refine {
-        remover = remover.refined(Refinement::default());
-    }
+    let editor = Editor::load(&gpu, &args.model, !args.offline)?;
 
-    let progress = ProgressBar::new(jobs.len() as u64);
-    if jobs.len() > 1 {
+    let progress = ProgressBar::new(files.len() as u64);
+    if files.len() > 1 {
         progress.set_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} eta {eta} {msg}")
                 .expect("valid template"),
@@ -86,45 +95,52 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut failures = 0;
-    let mut fail = |job: &Job, error: anyhow::Error| {
+    let mut fail = |file: &File, error: anyhow::Error| {
         failures += 1;
-        progress.suspend(|| eprintln!("{}: {error:#}", job.input.display()));
+        progress.suspend(|| eprintln!("{}: {error:#}", file.input.display()));
     };
     let mut timings = StageTimes::default();
-    for chunk in jobs.chunks(usize::from(args.batch)) {
+    for chunk in files.chunks(usize::from(args.batch)) {
         let start = Instant::now();
         let mut batch = Vec::with_capacity(chunk.len());
-        for job in chunk {
-            let decoded = std::fs::read(&job.input)
+        let mut jobs = Vec::with_capacity(chunk.len());
+        for file in chunk {
+            let decoded = std::fs::read(&file.input)
                 .map_err(anyhow::Error::from)
                 .and_then(|bytes| Ok(decode(&bytes, DecodeLimits::default())?));
             match decoded {
-                Ok(image) => batch.push((job, image)),
-                Err(error) => fail(job, error),
+                Ok(image) => {
+                    batch.push(file);
+                    jobs.push(Job {
+                        image,
+                        background: None,
+                        edit: edit.clone(),
+                    });
+                }
+                Err(error) => fail(file, error),
             }
         }
         timings.add(Stage::Decode, start.elapsed());
-        let (batch_jobs, images): (Vec<&Job>, Vec<_>) = batch.into_iter().unzip();
-        if !images.is_empty() {
-            match remover.remove(&images, mode) {
-                Ok((results, spent)) => {
-                    timings += spent;
-                    let start = Instant::now();
-                    for (job, result) in batch_jobs.into_iter().zip(results) {
-                        if let Err(error) = write_result(job, &result, format, args.only_mask) {
-                            fail(job, error);
-                        }
-                    }
-                    timings.add(Stage::Encode, start.elapsed());
+        let segmented = editor.segment(&jobs);
+        timings += segmented.timings();
+        editor.finish_each(&jobs, segmented, |i, output| {
+            let written = output.map_err(anyhow::Error::from).and_then(|output| {
+                timings.add(Stage::Effects, output.timings.get(Stage::Effects));
+                timings.add(Stage::Readback, output.timings.get(Stage::Readback));
+                let start = Instant::now();
+                let encoded = encode_result(&output.image, edit.format, edit.channels, None)?;
+                let file = batch[i];
+                if let Some(parent) = file.output.parent() {
+                    std::fs::create_dir_all(parent)?;
                 }
-                Err(error) => {
-                    let error = anyhow::Error::from(error);
-                    for job in batch_jobs {
-                        fail(job, anyhow::anyhow!("{error:#}"));
-                    }
-                }
+                std::fs::write(&file.output, encoded.bytes)?;
+                timings.add(Stage::Encode, start.elapsed());
+                Ok(())
+            });
+            if let Err(error) = written {
+                fail(batch[i], error);
             }
-        }
+        });
         progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();
@@ -132,40 +148,31 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     if args.timings {
         eprintln!(
             "{} images in {:.2?} (read+decode, encode+write included): {timings}",
-            jobs.len(),
+            files.len(),
             timings.sum()
         );
     }
     if failures > 0 {
-        eprintln!("{failures} of {} images failed", jobs.len());
+        eprintln!("{failures} of {} images failed", files.len());
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// A mask (`--only-mask`) is written as rembg, remove.bg and PhotoRoom's `channels=alpha`
-/// write it: an 8-bit greyscale PNG (JPEG and WebP are grey RGB).
-fn write_result(
-    job: &Job,
-    result: &RgbaImage,
-    format: OutputFormat,
-    only_mask: bool,
-) -> anyhow::Result<()> {
-    let encoded = match (format, only_mask) {
-        (OutputFormat::Png, true) => {
-            encode_result(result, Format::Png, Channels::Alpha, None)?.bytes
-        }
-        _ => encode(result, format)?,
-    };
-    if let Some(parent) = job.output.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&job.output, encoded)?;
-    Ok(())
+/// The output format and its file extension. A mask (`--only-mask`) is written as rembg,
+/// remove.bg and PhotoRoom's `channels=alpha` write it: an 8-bit greyscale PNG (JPEG and
+/// WebP are grey RGB).
+fn output_format(text: &str) -> anyhow::Result<(Format, &'static str)> {
+    Ok(match text.to_ascii_lowercase().as_str() {
+        "png" => (Format::Png, "png"),
+        "jpg" | "jpeg" => (Format::Jpeg, "jpg"),
+        "webp" => (Format::WebP, "webp"),
+        other => bail!("--format must be png, jpg or webp, not '{other}'"),
+    })
 }
 
-fn plan(args: &RemoveArgs, format: OutputFormat) -> anyhow::Result<Vec<Job>> {
-    let mut jobs = Vec::new();
+fn plan(args: &RemoveArgs, extension: &str) -> anyhow::Result<Vec<File>> {
+    let mut files = Vec::new();
     for input in &args.inputs {
         if input.is_dir() {
             for entry in walkdir::WalkDir::new(input).sort_by_file_name() {
@@ -176,8 +183,8 @@ fn plan(args: &RemoveArgs, format: OutputFormat) -> anyhow::Result<Vec<Job>> {
                         .out_dir
                         .clone()
                         .unwrap_or_else(|| input.with_extension("cutout"));
-                    let output = base.join(relative).with_extension(format.extension());
-                    jobs.push(Job {
+                    let output = base.join(relative).with_extension(extension);
+                    files.push(File {
                         input: entry.path().to_path_buf(),
                         output,
                     });
@@ -192,8 +199,8 @@ fn plan(args: &RemoveArgs, format: OutputFormat) -> anyhow::Result<Vec<Job>> {
                     input.with_file_name(format!("{}.cutout", stem.to_string_lossy()))
                 }
             }
-            .with_extension(format.extension());
-            jobs.push(Job {
+            .with_extension(extension);
+            files.push(File {
                 input: input.clone(),
                 output,
             });
@@ -201,10 +208,10 @@ fn plan(args: &RemoveArgs, format: OutputFormat) -> anyhow::Result<Vec<Job>> {
             bail!("{}: no such file or folder", input.display());
         }
     }
-    if args.out.is_some() && jobs.len() != 1 {
+    if args.out.is_some() && files.len() != 1 {
         bail!("-o/--out takes a single input image; use --out-dir for several");
     }
-    Ok(jobs)
+    Ok(files)
 }
 
 fn is_image(path: &Path) -> bool {
@@ -215,11 +222,9 @@ fn is_image(path: &Path) -> bool {
     )
 }
 
-/// A colour as the APIs write it (hex with or without `#`, `rgb()`, or a name), 0..1.
-fn parse_color(text: &str) -> anyhow::Result<[f32; 4]> {
-    cutout_core::edit::Color::parse(text)
-        .map(|c| c.to_f32())
-        .with_context(|| {
-            format!("'{text}' is not a colour: use RRGGBB, RRGGBBAA or a name like white")
-        })
+/// A colour as the APIs write it (hex with or without `#`, `rgb()`, or a name).
+fn parse_color(text: &str) -> anyhow::Result<Color> {
+    Color::parse(text).with_context(|| {
+        format!("'{text}' is not a colour: use RRGGBB, RRGGBBAA or a name like white")
+    })
 }

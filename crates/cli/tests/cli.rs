@@ -331,3 +331,123 @@ fn a_server_killed_mid_request_gives_its_credit_holds_back() {
     assert!(!logged.contains(&key), "the key is never logged");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The mean difference of two RGBA images' premultiplied pixels, in levels (0..255).
+fn premultiplied_mean_difference(a: &std::path::Path, b: &std::path::Path) -> f64 {
+    let a = image::open(a).unwrap().into_rgba8();
+    let b = image::open(b).unwrap().into_rgba8();
+    assert_eq!(a.dimensions(), b.dimensions());
+    let premultiplied = |p: &image::Rgba<u8>| {
+        let alpha = p.0[3] as f64 / 255.0;
+        [
+            p.0[0] as f64 * alpha,
+            p.0[1] as f64 * alpha,
+            p.0[2] as f64 * alpha,
+            p.0[3] as f64,
+        ]
+    };
+    let total: f64 = a
+        .pixels()
+        .zip(b.pixels())
+        .map(|(x, y)| {
+            let (x, y) = (premultiplied(x), premultiplied(y));
+            (0..4).map(|c| (x[c] - y[c]).abs()).sum::<f64>()
+        })
+        .sum();
+    total / (a.pixels().len() * 4) as f64
+}
+
+/// One pipeline: `cutout remove` gives what `POST /v1/segment` gives and `cutout edit` what
+/// `POST /v2/edit` gives, for the same options, and masks are 8-bit greyscale PNGs.
+#[test]
+fn the_cli_and_the_server_give_the_same_pixels() {
+    let dir = std::env::temp_dir().join(format!("cutout-cli-same-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = cutout()
+        .args(["serve", "--offline", "--no-auth", "--addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("XDG_DATA_HOME", &dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = format!("{base}/health");
+    wait_for("the server starts", 60, || curl_status(&health, &[]) == 200);
+
+    let photo = photo("coffee.jpg");
+    let cases: [(&str, &[&str], &str, &[&str]); 4] = [
+        ("plain", &["remove"], "/v1/segment", &[]),
+        (
+            "on-red",
+            &["remove", "--bg-color", "red"],
+            "/v1/segment",
+            &["bg_color=red"],
+        ),
+        (
+            "mask",
+            &["remove", "--only-mask"],
+            "/v1.0/removebg",
+            &["channels=alpha", "size=full", "format=png"],
+        ),
+        (
+            "edit",
+            &[
+                "edit",
+                "--set",
+                "background.color=FFFFFF",
+                "--set",
+                "shadow.mode=ai.soft",
+                "--set",
+                "padding=0.1",
+            ],
+            "/v2/edit",
+            &[
+                "background.color=FFFFFF",
+                "shadow.mode=ai.soft",
+                "padding=0.1",
+            ],
+        ),
+    ];
+    for (name, cli, route, fields) in cases {
+        let from_cli = dir.join(format!("{name}.cli.png"));
+        let status = cutout()
+            .args(cli)
+            .arg(&photo)
+            .arg("-o")
+            .arg(&from_cli)
+            .arg("--offline")
+            .status()
+            .unwrap();
+        assert!(status.success(), "{name}: cutout {cli:?}");
+
+        let from_server = dir.join(format!("{name}.http.png"));
+        let image_field = match route {
+            "/v2/edit" => format!("imageFile=@{}", photo.display()),
+            _ => format!("image_file=@{}", photo.display()),
+        };
+        let mut curl = Command::new("curl");
+        curl.args(["-s", "-w", "%{http_code}", "-o"])
+            .arg(&from_server)
+            .args(["-F", &image_field]);
+        for field in fields {
+            curl.args(["-F", field]);
+        }
+        let output = curl.arg(format!("{base}{route}")).output().unwrap();
+        assert_eq!(output.stdout, b"200", "{name}: {route}");
+
+        let difference = premultiplied_mean_difference(&from_cli, &from_server);
+        println!("{name}: mean premultiplied difference {difference:.3}/255");
+        assert!(difference <= 0.5, "{name}: {difference}/255");
+        if name == "mask" {
+            for file in [&from_cli, &from_server] {
+                let decoded = image::open(file).unwrap();
+                assert_eq!(decoded.color(), image::ColorType::L8, "{}", file.display());
+            }
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -3,64 +3,9 @@
 
 use std::io::Cursor;
 
-use image::{ImageFormat, RgbaImage};
+use image::RgbaImage;
 
 use crate::error::{Error, Result};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OutputFormat {
-    #[default]
-    Png,
-    Jpeg,
-    WebP,
-}
-
-impl OutputFormat {
-    pub fn extension(self) -> &'static str {
-        match self {
-            Self::Png => "png",
-            Self::Jpeg => "jpg",
-            Self::WebP => "webp",
-        }
-    }
-
-    pub fn mime(self) -> &'static str {
-        match self {
-            Self::Png => "image/png",
-            Self::Jpeg => "image/jpeg",
-            Self::WebP => "image/webp",
-        }
-    }
-}
-
-impl std::str::FromStr for OutputFormat {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "png" => Ok(Self::Png),
-            "jpg" | "jpeg" => Ok(Self::Jpeg),
-            "webp" => Ok(Self::WebP),
-            other => Err(Error::InvalidArgument(format!(
-                "format must be png, jpg or webp, not '{other}'"
-            ))),
-        }
-    }
-}
-
-/// JPEG has no alpha: transparent pixels are flattened onto white, as the hosted APIs do.
-pub fn encode(image: &RgbaImage, format: OutputFormat) -> Result<Vec<u8>> {
-    let mut out = Cursor::new(Vec::new());
-    let result = match format {
-        OutputFormat::Png => image.write_to(&mut out, ImageFormat::Png),
-        OutputFormat::WebP => return Ok(encode_webp(image)),
-        OutputFormat::Jpeg => {
-            let flat = flatten_on_white(image);
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&flat)
-        }
-    };
-    result.map_err(|e| Error::Encode(e.to_string()))?;
-    Ok(out.into_inner())
-}
 
 /// PhotoRoom's WebP quality; libwebp keeps the alpha plane lossless.
 const WEBP_QUALITY: f32 = 90.0;
@@ -88,14 +33,16 @@ fn flatten_on_white(image: &RgbaImage) -> image::RgbImage {
     })
 }
 
-/// An encoded edit result.
+/// An encoded result.
 pub struct Encoded {
     pub bytes: Vec<u8>,
     pub mime: &'static str,
     pub extension: &'static str,
 }
 
-/// Encodes a composed result as an edit asks: PNG (RGBA, RGB or grey by `channels`, with
+/// Encodes a composed result as an edit asks (the one encoder entry of the CLI, the server
+/// and the benches). JPEG has no alpha: transparent pixels are flattened onto white, as the
+/// hosted APIs do. PNG (RGBA, RGB or grey by `channels`, with
 /// dpi), JPEG quality 80 (with dpi), WebP (lossy quality 90, alpha lossless), remove.bg's `auto` (PNG when any pixel
 /// is transparent, else JPEG) and ZIP (`color.jpg` + `alpha.png`).
 pub fn encode_result(
@@ -126,11 +73,7 @@ pub fn encode_result(
             Ok(encoded(bytes, "image/png", "png"))
         }
         Format::Jpeg => Ok(encoded(write_jpeg(image, dpi)?, "image/jpeg", "jpg")),
-        Format::WebP => Ok(encoded(
-            encode(image, OutputFormat::WebP)?,
-            "image/webp",
-            "webp",
-        )),
+        Format::WebP => Ok(encoded(encode_webp(image), "image/webp", "webp")),
         Format::Zip => {
             let color = image::RgbImage::from_raw(image.width(), image.height(), rgb_bytes(image))
                 .expect("sizes match");
@@ -256,7 +199,16 @@ fn stored_zip(files: &[(&str, &[u8])]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use image::ImageFormat;
+
     use super::*;
+
+    fn webp(image: &RgbaImage) -> Vec<u8> {
+        use crate::edit::{Channels, Format};
+        encode_result(image, Format::WebP, Channels::Rgba, None)
+            .unwrap()
+            .bytes
+    }
 
     /// A smooth photo-like gradient with a soft-edged transparent disc cut out of it.
     fn sample() -> RgbaImage {
@@ -270,7 +222,7 @@ mod tests {
     #[test]
     fn webp_is_lossy_quality_90_with_exact_alpha() {
         let original = sample();
-        let bytes = encode(&original, OutputFormat::WebP).unwrap();
+        let bytes = webp(&original);
         let mut lossless = Cursor::new(Vec::new());
         original.write_to(&mut lossless, ImageFormat::WebP).unwrap();
         assert!(
@@ -304,7 +256,7 @@ mod tests {
     fn opaque_webp_has_no_alpha_plane() {
         let mut original = sample();
         original.pixels_mut().for_each(|p| p.0[3] = 255);
-        let bytes = encode(&original, OutputFormat::WebP).unwrap();
+        let bytes = webp(&original);
         let decoded = image::load_from_memory_with_format(&bytes, ImageFormat::WebP).unwrap();
         assert!(!decoded.color().has_alpha());
     }

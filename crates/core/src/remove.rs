@@ -1,5 +1,6 @@
-//! Background removal end to end: upload → resize to the model input → normalise →
-//! segment (a whole batch at once) → min-max the mask → resize it back → cut out → read back.
+//! The model's half of the pipeline: upload → resize to the model input → normalise →
+//! segment (a whole batch at once) → min-max the mask → bring it back to the photo's size
+//! (refined or upsampled). Everything after the mask is [`crate::edit::Editor`]'s.
 
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::wgpu_io::TensorBuffer;
 use crate::model::{self, Session};
-use crate::ops::{CutoutMode, Filter, GpuImage, Image, ImageOps, Refinement, cpu};
+use crate::ops::{Filter, Image, ImageOps, Refinement, cpu};
 use crate::timing::{Stage, StageTimes};
 
 /// Which burn backend runs the model. Image operations always run on the wgpu device.
@@ -44,30 +45,15 @@ impl ModelBackend {
 pub struct Remover {
     ops: ImageOps,
     session: Session,
-    refinement: Option<Refinement>,
 }
 
 impl Remover {
-    /// Brings masks to full size as rembg does (plain Lanczos upsampling) unless
-    /// [`Remover::refined`] asks for the guided filter.
     pub fn new(gpu: &Gpu, session: Session) -> Self {
         let ops = ImageOps::new(gpu);
         if ops.on_host() {
             log::info!("model input, masks, placement and compositing on the CPU (ops::cpu)");
         }
-        Self {
-            ops,
-            session,
-            refinement: None,
-        }
-    }
-
-    /// Refines every full-size mask with the photo as guide (`ops::refine_mask`).
-    pub fn refined(self, refinement: Refinement) -> Self {
-        Self {
-            refinement: Some(refinement),
-            ..self
-        }
+        Self { ops, session }
     }
 
     /// Loads `model_name` (downloading it when allowed and missing) onto the backend
@@ -186,46 +172,20 @@ impl Remover {
     }
 
     /// `mask` (from [`Remover::masks_of`]) at the size of `image`: refined with the photo
-    /// as guide, or upsampled.
-    pub fn full_size_mask(&self, image: &Image, mask: &Image) -> Result<Image> {
-        match self.refinement {
+    /// as guide (`ops::refine_mask`), or upsampled with Lanczos as rembg does.
+    pub fn full_size_mask(
+        &self,
+        image: &Image,
+        mask: &Image,
+        refinement: Option<Refinement>,
+    ) -> Result<Image> {
+        match refinement {
             Some(refinement) => self.ops.refine_image(image, mask, refinement),
             None => {
                 let (width, height) = (image.width(), image.height());
                 self.ops.resize_image(mask, width, height, Filter::Lanczos3)
             }
         }
-    }
-
-    /// Removes the background of each image; `mode` picks cut-out or mask output.
-    pub fn remove(
-        &self,
-        images: &[RgbaImage],
-        mode: CutoutMode,
-    ) -> Result<(Vec<RgbaImage>, StageTimes)> {
-        let mut timings = StageTimes::default();
-        let start = Instant::now();
-        let images = images
-            .iter()
-            .map(|image| self.ops.image(image.clone()))
-            .collect::<Result<Vec<_>>>()?;
-        timings.add(Stage::Preprocess, start.elapsed());
-        let masks = self.masks_of(&images.iter().collect::<Vec<_>>(), &mut timings)?;
-        let mut results = Vec::with_capacity(images.len());
-        for (image, mask) in images.iter().zip(masks) {
-            let start = Instant::now();
-            let mask = self.full_size_mask(image, &mask)?;
-            timings.add(Stage::Effects, start.elapsed());
-
-            let result = timings.time(Stage::Effects, || -> Result<GpuImage> {
-                let (image, mask) = (self.ops.device(image)?, self.ops.device(&mask)?);
-                let result = self.ops.cutout(image, mask, mode)?;
-                self.ops.finish()?;
-                Ok(result)
-            })?;
-            results.push(timings.time(Stage::Readback, || self.ops.download(&result))?);
-        }
-        Ok((results, timings))
     }
 }
 

@@ -23,6 +23,9 @@ pub struct Edit {
     pub keep_existing_alpha: bool,
     /// Only pixels inside this region (of the input) can be foreground (remove.bg `roi`).
     pub region_of_interest: Option<[Length; 4]>,
+    /// Refine the mask's edges with the photo as guide (a guided filter); without it the
+    /// model's mask is upsampled as rembg does.
+    pub refine: bool,
     /// Remove colour spill of the old background from the subject's edges.
     pub despill: bool,
     pub background: Background,
@@ -46,6 +49,7 @@ impl Default for Edit {
             remove_background: true,
             keep_existing_alpha: false,
             region_of_interest: None,
+            refine: true,
             despill: false,
             background: Background::default(),
             outline: None,

@@ -11,7 +11,7 @@ use super::{BlurMode, Channels, Edit, Fill, Length, Scaling, ShadowMode};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops::{
-    BlurKind, ComposeLayers, ComposeStyle, CutoutMode, Image, ImageOps, MaskStats, PlaceMap,
+    BlurKind, ComposeLayers, ComposeStyle, Image, ImageOps, MaskChannel, MaskStats, PlaceMap,
     Refinement, ShadowLayer,
 };
 use crate::remove::Remover;
@@ -49,12 +49,16 @@ pub struct Segmented {
     batch: StageTimes,
 }
 
+impl Segmented {
+    /// The batch's preprocess and forward time.
+    pub fn timings(&self) -> StageTimes {
+        self.batch
+    }
+}
+
 impl Editor {
-    /// Edits refine the model's mask with the photo as guide (`ops::refine_mask`).
     pub fn new(remover: Remover) -> Self {
-        Self {
-            remover: remover.refined(Refinement::default()),
-        }
+        Self { remover }
     }
 
     pub fn load(gpu: &Gpu, model_name: &str, allow_download: bool) -> Result<Self> {
@@ -172,19 +176,16 @@ impl Editor {
             }
             (None, true) => Some(GREEN),
         };
+        let refinement = edit.refine.then(Refinement::default);
         let mask = match model_mask {
-            Some(mask) => Some(self.remover.full_size_mask(image, &mask)?),
+            Some(mask) => Some(self.remover.full_size_mask(image, &mask, refinement)?),
             None => None,
         };
         // Without a model mask, a job that removes the background uses the image's own alpha
         // (`needs_model` decided that, so the pixels are not scanned again here).
         let stats = match (&mask, job.edit.remove_background) {
-            (Some(mask), _) => Some(ops.stats(mask, roi)?),
-            (None, true) => {
-                let photo = ops.device(image)?;
-                let alpha = ops.cutout(photo, photo, CutoutMode::AlphaAsMask)?;
-                Some(ops.mask_stats(&alpha, roi)?)
-            }
+            (Some(mask), _) => Some(ops.stats(mask, MaskChannel::Red, roi)?),
+            (None, true) => Some(ops.stats(image, MaskChannel::Alpha, roi)?),
             (None, false) => None,
         };
         let subject = match stats {

@@ -18,6 +18,27 @@ struct Params {
     foreground: f32,
     certain: f32,
     roi: [f32; 4],
+    channel: u32,
+    _pad: [u32; 3],
+}
+
+/// Which channel of an RGBA8 image holds the mask to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskChannel {
+    /// A model's mask (grey; red is read).
+    Red,
+    /// A photo's own transparency.
+    Alpha,
+}
+
+impl MaskChannel {
+    /// The channel's index in an RGBA pixel.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Red => 0,
+            Self::Alpha => 3,
+        }
+    }
 }
 
 /// Mask values at or above this count as foreground (the subject box, cropped sides).
@@ -26,13 +47,20 @@ pub const FOREGROUND: f32 = 0.05;
 pub const CERTAIN: f32 = 0.95;
 
 impl ImageOps {
-    /// Statistics of `mask` (red channel) inside `roi` (`x0, y0, x1, y1` in pixels).
-    pub fn mask_stats(&self, mask: &GpuImage, roi: [f32; 4]) -> Result<MaskStats> {
+    /// Statistics of `mask`'s `channel` inside `roi` (`x0, y0, x1, y1` in pixels).
+    pub fn mask_stats(
+        &self,
+        mask: &GpuImage,
+        channel: MaskChannel,
+        roi: [f32; 4],
+    ) -> Result<MaskStats> {
         let params = self.uniform(&Params {
             size: [mask.width, mask.height],
             foreground: FOREGROUND,
             certain: CERTAIN,
             roi,
+            channel: channel.index() as u32,
+            _pad: [0; 3],
         });
         let initial: [u32; 6] = [u32::MAX, u32::MAX, 0, 0, 0, 0];
         let stats = wgpu::util::DeviceExt::create_buffer_init(

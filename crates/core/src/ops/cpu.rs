@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::bbox::{CERTAIN, FOREGROUND};
 use super::compose::spill_limiter;
-use super::{ComposeLayers, ComposeStyle, Filter, MaskStats, PlaceMap, Refinement};
+use super::{ComposeLayers, ComposeStyle, Filter, MaskChannel, MaskStats, PlaceMap, Refinement};
 use crate::error::Result;
 
 fn unorm(value: u8) -> f32 {
@@ -321,9 +321,10 @@ fn box_mean<const N: usize>(
     vertical
 }
 
-/// `shaders/bbox.wgsl` on the CPU: the box and counts of `mask`'s foreground (red channel)
-/// inside `roi` (`x0, y0, x1, y1` in pixels).
-pub fn mask_stats(mask: &RgbaImage, roi: [f32; 4]) -> MaskStats {
+/// `shaders/bbox.wgsl` on the CPU: the box and counts of the foreground in `mask`'s
+/// `channel` inside `roi` (`x0, y0, x1, y1` in pixels).
+pub fn mask_stats(mask: &RgbaImage, channel: MaskChannel, roi: [f32; 4]) -> MaskStats {
+    let channel = channel.index();
     let width = mask.width() as usize;
     let inside = |x: usize, y: usize| {
         let centre = [x as f32 + 0.5, y as f32 + 0.5];
@@ -336,7 +337,7 @@ pub fn mask_stats(mask: &RgbaImage, roi: [f32; 4]) -> MaskStats {
         .map(|(y, row)| {
             let mut found: Option<[u32; 4]> = None;
             for (x, pixel) in row.chunks_exact(4).enumerate() {
-                let m = unorm(pixel[0]);
+                let m = unorm(pixel[channel]);
                 if m < FOREGROUND || !inside(x, y) {
                     continue;
                 }

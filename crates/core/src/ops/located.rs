@@ -8,7 +8,8 @@ use std::cell::OnceCell;
 use image::RgbaImage;
 
 use super::{
-    ComposeLayers, ComposeStyle, Filter, GpuImage, ImageOps, MaskStats, PlaceMap, Refinement, cpu,
+    ComposeLayers, ComposeStyle, Filter, GpuImage, ImageOps, MaskChannel, MaskStats, PlaceMap,
+    Refinement, cpu,
 };
 use crate::error::Result;
 
@@ -119,11 +120,11 @@ impl ImageOps {
     }
 
     /// [`ImageOps::mask_stats`] or [`cpu::mask_stats`].
-    pub fn stats(&self, mask: &Image, roi: [f32; 4]) -> Result<MaskStats> {
+    pub fn stats(&self, mask: &Image, channel: MaskChannel, roi: [f32; 4]) -> Result<MaskStats> {
         if self.on_host() {
-            return Ok(cpu::mask_stats(self.host(mask)?, roi));
+            return Ok(cpu::mask_stats(self.host(mask)?, channel, roi));
         }
-        self.mask_stats(self.device(mask)?, roi)
+        self.mask_stats(self.device(mask)?, channel, roi)
     }
 
     /// [`ImageOps::place`] or [`cpu::place`].

@@ -6,7 +6,6 @@ mod bbox;
 mod blur;
 mod compose;
 pub mod cpu;
-mod cutout;
 mod located;
 mod mask;
 mod normalize;
@@ -16,10 +15,9 @@ mod refine;
 mod resize;
 mod shadow;
 
-pub use bbox::MaskStats;
+pub use bbox::{MaskChannel, MaskStats};
 pub use blur::BlurKind;
 pub use compose::{ComposeLayers, ComposeStyle};
-pub use cutout::CutoutMode;
 pub use located::Image;
 pub use place::PlaceMap;
 pub use refine::Refinement;
@@ -76,7 +74,6 @@ pub struct ImageOps {
     find_max: wgpu::ComputePipeline,
     normalize: wgpu::ComputePipeline,
     mask: wgpu::ComputePipeline,
-    cutout: wgpu::ComputePipeline,
     place: wgpu::ComputePipeline,
     bbox: wgpu::ComputePipeline,
     blur: blur::Pipelines,
@@ -113,11 +110,6 @@ impl ImageOps {
             include_str!("../../../../shaders/normalize.wgsl"),
         );
         let mask = compile(gpu, "mask", include_str!("../../../../shaders/mask.wgsl"));
-        let cutout = compile(
-            gpu,
-            "cutout",
-            include_str!("../../../../shaders/cutout.wgsl"),
-        );
         let shader = |label: &str, source: &str| compile(gpu, label, source);
         let place = shader("place", include_str!("../../../../shaders/place.wgsl"));
         let bbox = shader("bbox", include_str!("../../../../shaders/bbox.wgsl"));
@@ -132,7 +124,6 @@ impl ImageOps {
             find_max: pipeline(gpu, &normalize, "find_max"),
             normalize: pipeline(gpu, &normalize, "normalize"),
             mask: pipeline(gpu, &mask, "main"),
-            cutout: pipeline(gpu, &cutout, "main"),
             place: pipeline(gpu, &place, "main"),
             bbox: pipeline(gpu, &bbox, "main"),
             blur: blur::Pipelines::new(gpu, &blur),
@@ -379,12 +370,4 @@ fn groups(count: u32, size: u32) -> u32 {
 /// 8×8 workgroups covering a `width`×`height` image.
 fn grid(width: u32, height: u32) -> [u32; 3] {
     [groups(width, 8), groups(height, 8), 1]
-}
-
-/// Workgroups of 256 covering `count` items, as a 2-D grid when one row would pass the
-/// 65535-workgroup limit per dimension.
-fn linear_groups(count: u32) -> [u32; 3] {
-    const ROW: u32 = 32768;
-    let total = groups(count, 256);
-    [total.min(ROW), total.div_ceil(ROW), 1]
 }
