@@ -704,3 +704,27 @@ fn cpu_compose_matches_the_shader() {
         }
     }
 }
+
+/// A device error inside `capturing` comes back as this thread's typed error (wgpu's
+/// default handler would panic the worker), and the device keeps working afterwards.
+#[test]
+fn device_errors_are_typed_errors() {
+    let ops = ops();
+    let device = &gpu().device;
+    let result = ops.capturing(|| {
+        let _refused = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("larger than the device allows"),
+            size: device.limits().max_buffer_size + 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(())
+    });
+    assert!(
+        matches!(result, Err(cutout_core::Error::Device(_))),
+        "{result:?}"
+    );
+    let image = RgbaImage::from_pixel(8, 8, Rgba([10, 20, 30, 255]));
+    let round_trip = ops.capturing(|| ops.download(&ops.upload(&image)?));
+    assert_eq!(round_trip.unwrap(), image);
+}

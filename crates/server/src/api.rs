@@ -369,18 +369,7 @@ async fn render(
         .await
     {
         Ok(Ok(output)) => output,
-        Ok(Err(error @ cutout_core::Error::InvalidRoi(_))) => {
-            return Err(Failure::bad_request("invalid_roi", error.to_string()));
-        }
-        Ok(Err(cutout_core::Error::InvalidArgument(message))) => {
-            return Err(Failure::bad_request("validation_error", message));
-        }
-        Ok(Err(cutout_core::Error::TooLarge(message))) => {
-            return Err(Failure::bad_request("resolution_too_high", message));
-        }
-        Ok(Err(other)) => {
-            return Err(Failure::internal(other));
-        }
+        Ok(Err(error)) => return Err(render_failure(error)),
         Err(Rejected::Busy { retry_after }) => {
             let mut failure = Failure::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -521,6 +510,29 @@ fn wants_json(request: &Request<Incoming>) -> bool {
 
 fn field_failure(e: cutout_core::edit::FieldError) -> Failure {
     Failure::bad_request("validation_error", e.to_string())
+}
+
+/// Seconds a client is asked to wait after the device ran out of memory or was lost.
+const DEVICE_RETRY_AFTER: u64 = 5;
+
+/// A failed render by what failed: the request's fault (400), the device's state (503
+/// with `Retry-After`: the same request can succeed later) or the server's (500).
+fn render_failure(error: cutout_core::Error) -> Failure {
+    use cutout_core::Error;
+    let unavailable = |code: &str, error: &Error| {
+        let mut failure = Failure::new(StatusCode::SERVICE_UNAVAILABLE, code, error.to_string());
+        failure.retry_after = Some(DEVICE_RETRY_AFTER);
+        failure
+    };
+    match error {
+        Error::InvalidRoi(_) => Failure::bad_request("invalid_roi", error.to_string()),
+        Error::InvalidParameter(field) => field_failure(field),
+        Error::TooLarge(message) => Failure::bad_request("resolution_too_high", message),
+        Error::Decode(_) => Failure::bad_request("failed_to_read_image", error.to_string()),
+        Error::OutOfMemory(_) => unavailable("out_of_memory", &error),
+        Error::DeviceLost(_) => unavailable("device_lost", &error),
+        other => Failure::internal(other),
+    }
 }
 
 /// A preview (0.25 MP) costs a quarter credit, any other size one.
@@ -787,4 +799,72 @@ async fn simple(
     )
     .await?;
     Ok(image_body(image_reply(&rendered), rendered))
+}
+
+#[cfg(test)]
+mod tests {
+    use cutout_core::Error;
+    use cutout_core::edit::FieldError;
+    use hyper::StatusCode;
+
+    use super::render_failure;
+
+    /// Each failure maps by its variant to the status and code the API documents (400 for
+    /// the request's fault, 503 with Retry-After for the device's state, 500 otherwise).
+    #[test]
+    fn render_failures_map_by_variant() {
+        let cases = [
+            (Error::InvalidRoi("is empty"), 400, "invalid_roi", None),
+            (
+                Error::InvalidParameter(FieldError::new("padding", "leaves no room")),
+                400,
+                "validation_error",
+                None,
+            ),
+            (
+                Error::TooLarge("30 MP".into()),
+                400,
+                "resolution_too_high",
+                None,
+            ),
+            (
+                Error::Decode("truncated".into()),
+                400,
+                "failed_to_read_image",
+                None,
+            ),
+            (
+                Error::OutOfMemory("4 GB".into()),
+                503,
+                "out_of_memory",
+                Some(5),
+            ),
+            (
+                Error::DeviceLost("reset".into()),
+                503,
+                "device_lost",
+                Some(5),
+            ),
+            (
+                Error::Device("bad binding".into()),
+                500,
+                "internal_error",
+                None,
+            ),
+            (Error::Encode("png".into()), 500, "internal_error", None),
+        ];
+        for (error, status, code, retry_after) in cases {
+            let text = error.to_string();
+            let failure = render_failure(error);
+            assert_eq!(
+                failure.status,
+                StatusCode::from_u16(status).unwrap(),
+                "{text}"
+            );
+            assert_eq!(failure.code, code, "{text}");
+            assert_eq!(failure.retry_after, retry_after, "{text}");
+        }
+        let field = render_failure(Error::InvalidParameter(FieldError::new("padding", "x")));
+        assert!(field.message.starts_with("padding"), "{}", field.message);
+    }
 }

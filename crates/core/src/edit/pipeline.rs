@@ -7,7 +7,7 @@ use std::time::Instant;
 use image::RgbaImage;
 
 use super::geometry::{self, Rect};
-use super::{BlurMode, Channels, Edit, Fill, Length, Scaling, ShadowMode};
+use super::{BlurMode, Channels, Edit, FieldError, Fill, Length, Scaling, ShadowMode};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops::{
@@ -101,16 +101,15 @@ impl Editor {
             .collect();
         let mut masks: Vec<Option<Result<Image>>> = (0..jobs.len()).map(|_| None).collect();
         if !batch.is_empty() {
-            match self.remover.masks_of(&batch, &mut timings) {
+            match ops.capturing(|| self.remover.masks_of(&batch, &mut timings)) {
                 Ok(found) => {
                     for (&i, mask) in needs_model.iter().zip(found) {
                         masks[i] = Some(Ok(mask));
                     }
                 }
-                Err(e) => {
-                    let message = e.to_string();
+                Err(error) => {
                     for &i in &needs_model {
-                        masks[i] = Some(Err(Error::InvalidModel(message.clone())));
+                        masks[i] = Some(Err(error.clone()));
                     }
                 }
             }
@@ -149,7 +148,9 @@ impl Editor {
             let mut timings = batch;
             timings.add(Stage::QueueWait, started.elapsed());
             let result = image.and_then(|image| {
-                let output = self.finish(job, &image, mask.transpose()?, &mut timings)?;
+                let output = self
+                    .ops()
+                    .capturing(|| self.finish(job, &image, mask.transpose()?, &mut timings))?;
                 Ok(EditOutput { timings, ..output })
             });
             done(i, result);
@@ -202,7 +203,7 @@ impl Editor {
             )),
         };
         let mut placement = geometry::place(&edit.layout, [width, height], subject)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            .map_err(Error::InvalidParameter)?;
         if let Some(max) = edit.max_pixels {
             placement = placement.within_pixels(max);
         }
@@ -231,9 +232,10 @@ impl Editor {
             }
             (None, Fill::Image(scaling)) => {
                 let background = job.background.as_ref().ok_or_else(|| {
-                    Error::InvalidArgument(
-                        "the edit asks for a background image but none was given".into(),
-                    )
+                    Error::InvalidParameter(FieldError::new(
+                        "background.imageFile",
+                        "the edit asks for a background image but none was given",
+                    ))
                 })?;
                 let background = ops.image(background.clone())?;
                 let map = cover_map(&background, placement.canvas, scaling);

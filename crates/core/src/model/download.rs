@@ -105,7 +105,7 @@ fn transfer(
     partial: &Path,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<(), Transfer> {
-    let io = |e: std::io::Error| Transfer::Fatal(Error::Io(e));
+    let io = |e: std::io::Error| Transfer::Fatal(Error::from(e));
     let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
     let mut request = ureq::get(url);
     if have > 0 {

@@ -165,7 +165,7 @@ impl ImageOps {
     pub fn download(&self, image: &GpuImage) -> Result<image::RgbaImage> {
         let bytes = self.read_buffer(&image.buffer, image.pixel_count() as u64 * 4)?;
         image::RgbaImage::from_raw(image.width, image.height, bytes)
-            .ok_or_else(|| Error::Encode("read back a buffer of the wrong size".into()))
+            .ok_or_else(|| Error::Device("read back a buffer of the wrong size".into()))
     }
 
     /// A canvas-sized image with every pixel zero (transparent).
@@ -281,7 +281,25 @@ impl ImageOps {
     pub fn finish(&self) -> Result<()> {
         let submitted = self.gpu.queue.submit([]);
         self.wait_for(submitted)
-            .map_err(|e| Error::Encode(format!("device lost: {e}")))
+            .map_err(|e| Error::DeviceLost(e.to_string()))
+    }
+
+    /// Runs `work` with the device's out-of-memory and validation errors caught as this
+    /// thread's [`Error`] (`OutOfMemory`, `Device`) instead of wgpu's default handler, which
+    /// panics. Errors wgpu reports for `work` win over `work`'s own result, which may have
+    /// been computed from the failed operations.
+    pub fn capturing<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        let device = &self.gpu.device;
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let result = work();
+        // Native wgpu resolves a popped scope at once; nothing is awaited.
+        let out_of_memory = pollster::block_on(memory.pop());
+        let invalid = pollster::block_on(validation.pop());
+        match out_of_memory.or(invalid) {
+            Some(error) => Err(error.into()),
+            None => result,
+        }
     }
 
     fn wait_for(&self, submission: wgpu::SubmissionIndex) -> Result<(), wgpu::PollError> {
@@ -321,14 +339,14 @@ impl ImageOps {
             let _ = sender.send(result);
         });
         self.wait_for(copied)
-            .map_err(|e| Error::Encode(format!("device lost while reading back: {e}")))?;
+            .map_err(|e| Error::DeviceLost(format!("while reading back: {e}")))?;
         receiver
             .recv()
-            .map_err(|_| Error::Encode("readback never completed".into()))?
-            .map_err(|e| Error::Encode(format!("readback failed: {e}")))?;
+            .map_err(|_| Error::DeviceLost("the readback never completed".into()))?
+            .map_err(|e| Error::DeviceLost(format!("reading back: {e}")))?;
         let bytes = slice
             .get_mapped_range()
-            .map_err(|e| Error::Encode(format!("readback failed: {e}")))?
+            .map_err(|e| Error::DeviceLost(format!("reading back: {e}")))?
             .to_vec();
         staging.unmap();
         Ok(bytes)
