@@ -148,7 +148,7 @@ impl Remover {
                 .ops
                 .resize(photo, side as u32, side as u32, Filter::Lanczos3)?;
             let slot = input.range(i as u64 * planes, planes);
-            self.ops.normalize_into(&small, spec.mean, spec.std, slot);
+            self.ops.normalize_into(&small, spec.mean, spec.std, slot)?;
         }
         timings.add(Stage::Preprocess, start.elapsed());
 

@@ -11,15 +11,15 @@ pub struct MaskStats {
     pub uncertain: u32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    size: [u32; 2],
-    foreground: f32,
-    certain: f32,
-    roi: [f32; 4],
-    channel: u32,
-    _pad: [u32; 3],
+uniform! {
+    struct Params {
+        size: [u32; 2],
+        foreground: f32,
+        certain: f32,
+        roi: [f32; 4],
+        channel: u32,
+        _pad: [u32; 3],
+    }
 }
 
 /// Which channel of an RGBA8 image holds the mask to measure.
@@ -75,9 +75,13 @@ impl ImageOps {
         self.dispatch(
             &mut encoder,
             &self.bbox,
-            &[&params, &mask.buffer, &stats],
+            &[
+                ("params", &params),
+                ("mask", &mask.buffer),
+                ("stats", &stats),
+            ],
             grid(mask.width, mask.height),
-        );
+        )?;
         self.submit(encoder);
         let bytes = self.read_buffer(&stats, 24)?;
         let v: &[u32] = bytemuck::cast_slice(&bytes);

@@ -1,4 +1,4 @@
-use super::{GpuImage, ImageOps, compile_entries, grid};
+use super::{GpuImage, ImageOps, Kernel, Shader, compile_entries, grid};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
@@ -14,18 +14,18 @@ pub enum BlurKind {
 const LEVEL_RADIUS: f32 = 8.0;
 
 pub(super) struct Pipelines {
-    weigh: wgpu::ComputePipeline,
-    horizontal: wgpu::ComputePipeline,
-    vertical: wgpu::ComputePipeline,
-    disc: wgpu::ComputePipeline,
-    resolve: wgpu::ComputePipeline,
+    weigh: Kernel,
+    horizontal: Kernel,
+    vertical: Kernel,
+    disc: Kernel,
+    resolve: Kernel,
 }
 
 impl Pipelines {
-    pub fn new(gpu: &Gpu, module: &wgpu::ShaderModule) -> Self {
+    pub fn new(gpu: &Gpu, shader: &Shader) -> Self {
         let [weigh, horizontal, vertical, disc, resolve] = compile_entries(
             gpu,
-            module,
+            shader,
             ["weigh", "horizontal", "vertical", "disc", "resolve"],
         );
         Self {
@@ -38,15 +38,15 @@ impl Pipelines {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    size: [u32; 2],
-    full_size: [u32; 2],
-    radius: f32,
-    factor: u32,
-    mode: u32,
-    bloom: f32,
+uniform! {
+    struct Params {
+        size: [u32; 2],
+        full_size: [u32; 2],
+        radius: f32,
+        factor: u32,
+        mode: u32,
+        bloom: f32,
+    }
 }
 
 impl ImageOps {
@@ -87,49 +87,54 @@ impl ImageOps {
         let p = &self.blur;
 
         let mut encoder = self.encoder();
-        self.dispatch_bound(
+        self.dispatch(
             &mut encoder,
             &p.weigh,
-            &[(0, &weigh), (1, &image.buffer), (2, mask), (4, &a)],
+            &[
+                ("params", &weigh),
+                ("packed", &image.buffer),
+                ("mask", mask),
+                ("dst", &a),
+            ],
             level_grid,
-        );
+        )?;
         let blurred = match kind {
             BlurKind::Gaussian => {
-                self.dispatch_bound(
+                self.dispatch(
                     &mut encoder,
                     &p.horizontal,
-                    &[(0, &pass), (3, &a), (4, &b)],
+                    &[("params", &pass), ("src", &a), ("dst", &b)],
                     level_grid,
-                );
-                self.dispatch_bound(
+                )?;
+                self.dispatch(
                     &mut encoder,
                     &p.vertical,
-                    &[(0, &pass), (3, &b), (4, &a)],
+                    &[("params", &pass), ("src", &b), ("dst", &a)],
                     level_grid,
-                );
+                )?;
                 &a
             }
             BlurKind::Bokeh => {
-                self.dispatch_bound(
+                self.dispatch(
                     &mut encoder,
                     &p.disc,
-                    &[(0, &pass), (3, &a), (4, &b)],
+                    &[("params", &pass), ("src", &a), ("dst", &b)],
                     level_grid,
-                );
+                )?;
                 &b
             }
         };
-        self.dispatch_bound(
+        self.dispatch(
             &mut encoder,
             &p.resolve,
             &[
-                (0, &resolve),
-                (1, &image.buffer),
-                (3, blurred),
-                (5, &output.buffer),
+                ("params", &resolve),
+                ("packed", &image.buffer),
+                ("src", blurred),
+                ("dst_packed", &output.buffer),
             ],
             grid(image.width, image.height),
-        );
+        )?;
         self.submit(encoder);
         Ok(output)
     }

@@ -85,21 +85,21 @@ pub(super) fn spill_limiter(key: [f32; 3]) -> ([f32; 4], [f32; 4]) {
     )
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    size: [u32; 2],
-    background_mode: u32,
-    channels: u32,
-    background_color: [f32; 4],
-    outline_color: [f32; 4],
-    matte: [f32; 4],
-    shadow_on: u32,
-    outline_on: u32,
-    watermark: u32,
-    _pad: u32,
-    spill_weights: [f32; 4],
-    spill_direction: [f32; 4],
+uniform! {
+    struct Params {
+        size: [u32; 2],
+        background_mode: u32,
+        channels: u32,
+        background_color: [f32; 4],
+        outline_color: [f32; 4],
+        matte: [f32; 4],
+        shadow_on: u32,
+        outline_on: u32,
+        watermark: u32,
+        _pad: u32,
+        spill_weights: [f32; 4],
+        spill_direction: [f32; 4],
+    }
 }
 
 impl ImageOps {
@@ -130,16 +130,16 @@ impl ImageOps {
             &mut encoder,
             &self.compose,
             &[
-                &params,
-                or_subject(layers.background, subject),
-                or_subject(layers.shadow, subject),
-                or_subject(layers.outline.map(|o| o.0), subject),
-                &subject.buffer,
-                &layers.subject_mask.buffer,
-                &output.buffer,
+                ("params", &params),
+                ("background", or_subject(layers.background, subject)),
+                ("shadow", or_subject(layers.shadow, subject)),
+                ("outline", or_subject(layers.outline.map(|o| o.0), subject)),
+                ("subject", &subject.buffer),
+                ("subject_mask", &layers.subject_mask.buffer),
+                ("dst", &output.buffer),
             ],
             grid(w, h),
-        );
+        )?;
         self.submit(encoder);
         Ok(output)
     }

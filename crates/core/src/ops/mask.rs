@@ -1,12 +1,12 @@
 use super::{BufferRange, GpuImage, ImageOps};
 use crate::error::Result;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    count: u32,
-    base: u32,
-    _pad: [u32; 2],
+uniform! {
+    struct Params {
+        count: u32,
+        base: u32,
+        _pad: [u32; 2],
+    }
 }
 
 impl ImageOps {
@@ -25,12 +25,12 @@ impl ImageOps {
             &mut encoder,
             &self.mask,
             vec![
-                (0, params.as_entire_binding()),
-                (1, binding),
-                (2, output.buffer.as_entire_binding()),
+                ("params", params.as_entire_binding()),
+                ("prediction", binding),
+                ("mask", output.buffer.as_entire_binding()),
             ],
             [1, 1, 1],
-        );
+        )?;
         self.submit(encoder);
         Ok(output)
     }

@@ -2,6 +2,28 @@
 //! short wrappers that bind and dispatch them. Images live on the device as RGBA8 packed
 //! into `u32`s, one per pixel.
 
+/// A shader's uniform struct as the host writes it: `#[repr(C)]` plain old data and, for
+/// the test that checks it against the shader (`tests::uniforms_match_the_shaders`), each
+/// field's name, offset and size. Fields named `_…` are padding.
+macro_rules! uniform {
+    (struct $name:ident { $($field:ident: $ty:ty,)* }) => {
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        pub(super) struct $name {
+            $($field: $ty,)*
+        }
+
+        #[cfg(test)]
+        impl $name {
+            pub(super) const FIELDS: &[super::tests::Field] = &[$(super::tests::Field {
+                name: stringify!($field),
+                offset: std::mem::offset_of!($name, $field),
+                size: std::mem::size_of::<$ty>(),
+            },)*];
+        }
+    };
+}
+
 mod bbox;
 mod blur;
 mod compose;
@@ -54,14 +76,23 @@ impl BufferRange<'_> {
     }
 }
 
-/// An RGBA8 image in a device storage buffer.
+/// An RGBA8 image in a device storage buffer of exactly `width * height` pixels, made only
+/// by [`ImageOps`] (which checks the size against the device's limits).
 pub struct GpuImage {
-    pub buffer: wgpu::Buffer,
-    pub width: u32,
-    pub height: u32,
+    buffer: wgpu::Buffer,
+    width: u32,
+    height: u32,
 }
 
 impl GpuImage {
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
     pub fn pixel_count(&self) -> u32 {
         self.width * self.height
     }
@@ -70,17 +101,17 @@ impl GpuImage {
 /// The compiled pipelines and the device they run on.
 pub struct ImageOps {
     gpu: Gpu,
-    resize: wgpu::ComputePipeline,
-    find_max: wgpu::ComputePipeline,
-    normalize: wgpu::ComputePipeline,
-    mask: wgpu::ComputePipeline,
-    place: wgpu::ComputePipeline,
-    bbox: wgpu::ComputePipeline,
+    resize: Kernel,
+    find_max: Kernel,
+    normalize: Kernel,
+    mask: Kernel,
+    place: Kernel,
+    bbox: Kernel,
     blur: blur::Pipelines,
     outline: outline::Pipelines,
     shadow: shadow::Pipelines,
     refine: refine::Pipelines,
-    compose: wgpu::ComputePipeline,
+    compose: Kernel,
     on_host: bool,
 }
 
@@ -99,25 +130,11 @@ impl ImageOps {
 
     /// Operations with a CPU version run on the host when `on_host`, else as shaders.
     pub fn with_host_ops(gpu: &Gpu, on_host: bool) -> Self {
-        let resize = compile(
-            gpu,
-            "resize",
-            include_str!("../../../../shaders/resize.wgsl"),
-        );
-        let normalize = compile(
-            gpu,
-            "normalize",
-            include_str!("../../../../shaders/normalize.wgsl"),
-        );
-        let mask = compile(gpu, "mask", include_str!("../../../../shaders/mask.wgsl"));
-        let shader = |label: &str, source: &str| compile(gpu, label, source);
-        let place = shader("place", include_str!("../../../../shaders/place.wgsl"));
-        let bbox = shader("bbox", include_str!("../../../../shaders/bbox.wgsl"));
-        let blur = shader("blur", include_str!("../../../../shaders/blur.wgsl"));
-        let outline = shader("outline", include_str!("../../../../shaders/outline.wgsl"));
-        let shadow = shader("shadow", include_str!("../../../../shaders/shadow.wgsl"));
-        let compose = shader("compose", include_str!("../../../../shaders/compose.wgsl"));
-        let refine = shader("refine", include_str!("../../../../shaders/refine.wgsl"));
+        let shader = |file: &'static str| compile(gpu, file);
+        let (resize, normalize, mask) = (shader("resize"), shader("normalize"), shader("mask"));
+        let (place, bbox, blur) = (shader("place"), shader("bbox"), shader("blur"));
+        let (outline, shadow) = (shader("outline"), shader("shadow"));
+        let (compose, refine) = (shader("compose"), shader("refine"));
         Self {
             gpu: gpu.clone(),
             resize: pipeline(gpu, &resize, "main"),
@@ -218,62 +235,53 @@ impl ImageOps {
             })
     }
 
-    /// Records one dispatch of `pipeline` with `buffers` bound at bindings 0, 1, 2, ….
+    /// Records one dispatch of `kernel` with each buffer bound to the shader variable of
+    /// its name.
     fn dispatch(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        pipeline: &wgpu::ComputePipeline,
-        buffers: &[&wgpu::Buffer],
+        kernel: &Kernel,
+        buffers: &[(&str, &wgpu::Buffer)],
         workgroups: [u32; 3],
-    ) {
-        let bindings: Vec<_> = buffers
+    ) -> Result<()> {
+        let resources = buffers
             .iter()
-            .enumerate()
-            .map(|(i, b)| (i as u32, *b))
+            .map(|(name, buffer)| (*name, buffer.as_entire_binding()))
             .collect();
-        self.dispatch_bound(encoder, pipeline, &bindings, workgroups);
+        self.dispatch_resources(encoder, kernel, resources, workgroups)
     }
 
-    /// Records one dispatch with each buffer at its given binding: for shaders whose entry
-    /// points use different subsets of the bindings.
-    fn dispatch_bound(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        pipeline: &wgpu::ComputePipeline,
-        bindings: &[(u32, &wgpu::Buffer)],
-        workgroups: [u32; 3],
-    ) {
-        let resources: Vec<_> = bindings
-            .iter()
-            .map(|(binding, buffer)| (*binding, buffer.as_entire_binding()))
-            .collect();
-        self.dispatch_resources(encoder, pipeline, resources, workgroups);
-    }
-
-    /// Records one dispatch with each resource (a whole buffer or part of one) at its binding.
+    /// Records one dispatch with each resource (a whole buffer or part of one) bound to the
+    /// shader variable of its name.
     fn dispatch_resources(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        pipeline: &wgpu::ComputePipeline,
-        resources: Vec<(u32, wgpu::BindingResource)>,
+        kernel: &Kernel,
+        resources: Vec<(&str, wgpu::BindingResource)>,
         workgroups: [u32; 3],
-    ) {
-        let entries: Vec<_> = resources
+    ) -> Result<()> {
+        let entries = resources
             .into_iter()
-            .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
-            .collect();
+            .map(|(name, resource)| {
+                Ok(wgpu::BindGroupEntry {
+                    binding: kernel.shader.binding(name)?,
+                    resource,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let bind_group = self
             .gpu
             .device
             .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &pipeline.get_bind_group_layout(0),
+                label: Some(kernel.shader.file),
+                layout: &kernel.pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-        pass.set_pipeline(pipeline);
+        pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        Ok(())
     }
 
     /// Waits until the device has finished the work submitted so far (not work other
@@ -353,32 +361,104 @@ impl ImageOps {
     }
 }
 
-fn compile(gpu: &Gpu, label: &str, source: &str) -> wgpu::ShaderModule {
-    gpu.device
-        .create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(label),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        })
+/// Every WGSL file in `shaders/`, by name, built into the binary.
+const SHADERS: [(&str, &str); 10] = [
+    ("bbox", include_str!("../../../../shaders/bbox.wgsl")),
+    ("blur", include_str!("../../../../shaders/blur.wgsl")),
+    ("compose", include_str!("../../../../shaders/compose.wgsl")),
+    ("mask", include_str!("../../../../shaders/mask.wgsl")),
+    (
+        "normalize",
+        include_str!("../../../../shaders/normalize.wgsl"),
+    ),
+    ("outline", include_str!("../../../../shaders/outline.wgsl")),
+    ("place", include_str!("../../../../shaders/place.wgsl")),
+    ("refine", include_str!("../../../../shaders/refine.wgsl")),
+    ("resize", include_str!("../../../../shaders/resize.wgsl")),
+    ("shadow", include_str!("../../../../shaders/shadow.wgsl")),
+];
+
+/// What naga reads from a WGSL file: the binding of each resource, by variable name.
+/// Wrappers bind by the shader's own names, so no binding index is kept in sync by hand.
+struct Reflection {
+    file: &'static str,
+    bindings: std::collections::HashMap<String, u32>,
 }
 
-fn pipeline(gpu: &Gpu, module: &wgpu::ShaderModule, entry: &str) -> wgpu::ComputePipeline {
-    gpu.device
+impl Reflection {
+    fn of(file: &'static str, source: &str) -> Self {
+        // The shaders are part of the binary and parsed by a test (`shader_interfaces`):
+        // a parse error here is a build that was never tested.
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("shaders/{file}.wgsl: {}", e.emit_to_string(source)));
+        let bindings = module
+            .global_variables
+            .iter()
+            .filter_map(|(_, global)| {
+                Some((global.name.clone()?, global.binding.as_ref()?.binding))
+            })
+            .collect();
+        Self { file, bindings }
+    }
+
+    fn binding(&self, name: &str) -> Result<u32> {
+        self.bindings.get(name).copied().ok_or_else(|| {
+            Error::Device(format!(
+                "shaders/{}.wgsl has no binding named '{name}'",
+                self.file
+            ))
+        })
+    }
+}
+
+/// A compiled WGSL file.
+struct Shader {
+    module: wgpu::ShaderModule,
+    reflection: std::sync::Arc<Reflection>,
+}
+
+/// One entry point of a shader, ready to dispatch.
+struct Kernel {
+    pipeline: wgpu::ComputePipeline,
+    shader: std::sync::Arc<Reflection>,
+}
+
+fn compile(gpu: &Gpu, file: &'static str) -> Shader {
+    let (_, source) = SHADERS
+        .iter()
+        .find(|(name, _)| *name == file)
+        .expect("a file listed in SHADERS");
+    let module = gpu
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(file),
+            source: wgpu::ShaderSource::Wgsl((*source).into()),
+        });
+    Shader {
+        module,
+        reflection: std::sync::Arc::new(Reflection::of(file, source)),
+    }
+}
+
+fn pipeline(gpu: &Gpu, shader: &Shader, entry: &str) -> Kernel {
+    let pipeline = gpu
+        .device
         .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
             layout: None,
-            module,
+            module: &shader.module,
             entry_point: Some(entry),
             compilation_options: Default::default(),
             cache: None,
-        })
+        });
+    Kernel {
+        pipeline,
+        shader: shader.reflection.clone(),
+    }
 }
 
-fn compile_entries<const N: usize>(
-    gpu: &Gpu,
-    module: &wgpu::ShaderModule,
-    entries: [&str; N],
-) -> [wgpu::ComputePipeline; N] {
-    entries.map(|entry| pipeline(gpu, module, entry))
+fn compile_entries<const N: usize>(gpu: &Gpu, shader: &Shader, entries: [&str; N]) -> [Kernel; N] {
+    entries.map(|entry| pipeline(gpu, shader, entry))
 }
 
 fn groups(count: u32, size: u32) -> u32 {
@@ -388,4 +468,230 @@ fn groups(count: u32, size: u32) -> u32 {
 /// 8×8 workgroups covering a `width`×`height` image.
 fn grid(width: u32, height: u32) -> [u32; 3] {
     [groups(width, 8), groups(height, 8), 1]
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+    use super::SHADERS;
+
+    /// One field of a host-side uniform struct (see `uniform!`).
+    pub struct Field {
+        pub name: &'static str,
+        pub offset: usize,
+        pub size: usize,
+    }
+
+    /// Each shader's uniform struct as its wrapper writes it: fields and total size.
+    fn host_uniforms() -> [(&'static str, &'static [Field], usize); 10] {
+        use std::mem::size_of;
+        [
+            (
+                "bbox",
+                super::bbox::Params::FIELDS,
+                size_of::<super::bbox::Params>(),
+            ),
+            (
+                "blur",
+                super::blur::Params::FIELDS,
+                size_of::<super::blur::Params>(),
+            ),
+            (
+                "compose",
+                super::compose::Params::FIELDS,
+                size_of::<super::compose::Params>(),
+            ),
+            (
+                "mask",
+                super::mask::Params::FIELDS,
+                size_of::<super::mask::Params>(),
+            ),
+            (
+                "normalize",
+                super::normalize::Params::FIELDS,
+                size_of::<super::normalize::Params>(),
+            ),
+            (
+                "outline",
+                super::outline::Params::FIELDS,
+                size_of::<super::outline::Params>(),
+            ),
+            (
+                "place",
+                super::place::Params::FIELDS,
+                size_of::<super::place::Params>(),
+            ),
+            (
+                "refine",
+                super::refine::Params::FIELDS,
+                size_of::<super::refine::Params>(),
+            ),
+            (
+                "resize",
+                super::resize::Params::FIELDS,
+                size_of::<super::resize::Params>(),
+            ),
+            (
+                "shadow",
+                super::shadow::Params::FIELDS,
+                size_of::<super::shadow::Params>(),
+            ),
+        ]
+    }
+
+    fn module(file: &str) -> naga::Module {
+        let (_, source) = SHADERS.iter().find(|(name, _)| *name == file).unwrap();
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("shaders/{file}.wgsl: {}", e.emit_to_string(source)));
+        Validator::new(ValidationFlags::all(), Capabilities::default())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("shaders/{file}.wgsl: {}", e.emit_to_string(source)));
+        module
+    }
+
+    /// Every WGSL file in `shaders/` is built in, parses and validates.
+    #[test]
+    fn every_shader_is_built_in_and_valid() {
+        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shaders");
+        let mut on_disk: Vec<String> = std::fs::read_dir(folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter_map(|name| name.strip_suffix(".wgsl").map(str::to_string))
+            .collect();
+        on_disk.sort();
+        let built_in: Vec<&str> = SHADERS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(on_disk, built_in);
+        for (file, _) in SHADERS {
+            module(file);
+        }
+    }
+
+    /// The differences between a shader's uniform struct (by naga) and its wrapper's, one
+    /// line per field, naming it.
+    fn uniform_differences(file: &str, fields: &[Field], size: usize) -> Vec<String> {
+        let module = module(file);
+        let (_, global) = module
+            .global_variables
+            .iter()
+            .find(|(_, g)| g.space == naga::AddressSpace::Uniform)
+            .unwrap_or_else(|| panic!("shaders/{file}.wgsl has no uniform"));
+        let naga::TypeInner::Struct { members, span } = &module.types[global.ty].inner else {
+            panic!("shaders/{file}.wgsl: the uniform is not a struct");
+        };
+        let host: Vec<&Field> = fields.iter().filter(|f| !f.name.starts_with('_')).collect();
+        let mut differences = Vec::new();
+        // Padding is named `_…` on either side, or left implicit in WGSL.
+        let members: Vec<&naga::StructMember> = members
+            .iter()
+            .filter(|m| !m.name.as_deref().unwrap_or("").starts_with('_'))
+            .collect();
+        for (i, member) in members.iter().enumerate() {
+            let name = member.name.as_deref().unwrap_or("?");
+            let member_size = module.types[member.ty].inner.size(module.to_ctx()) as usize;
+            match host.get(i) {
+                None => differences.push(format!("{file}: field '{name}' is missing on the host")),
+                Some(field) if field.name != name => differences.push(format!(
+                    "{file}: field {i} is '{name}' in the shader, '{}' on the host",
+                    field.name
+                )),
+                Some(field) if (field.offset, field.size) != (member.offset as usize, member_size) => {
+                    differences.push(format!(
+                        "{file}: field '{name}' is at {} ({} bytes) in the shader, at {} ({} bytes) on the host",
+                        member.offset, member_size, field.offset, field.size
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        for field in host.iter().skip(members.len()) {
+            differences.push(format!(
+                "{file}: field '{}' is not in the shader",
+                field.name
+            ));
+        }
+        let span = *span as usize;
+        if size < span || size > span.next_multiple_of(16) {
+            differences.push(format!(
+                "{file}: the struct is {span} bytes in the shader, {size} on the host"
+            ));
+        }
+        differences
+    }
+
+    /// Each wrapper's uniform struct has the shader's fields, in order, at the shader's
+    /// offsets and sizes (naga's layout of the WGSL struct).
+    #[test]
+    fn uniforms_match_the_shaders() {
+        let differences: Vec<String> = host_uniforms()
+            .into_iter()
+            .flat_map(|(file, fields, size)| uniform_differences(file, fields, size))
+            .collect();
+        assert!(differences.is_empty(), "{}", differences.join("\n"));
+    }
+
+    /// A stale wrapper is caught and named: a field moved, renamed or missing.
+    #[test]
+    fn a_stale_uniform_is_named() {
+        let field = |name, offset, size| Field { name, offset, size };
+        // outline.wgsl: size vec2<u32> @0, step u32 @8, width f32 @12.
+        let swapped = [
+            field("size", 0, 8),
+            field("width", 8, 4),
+            field("step", 12, 4),
+        ];
+        let found = uniform_differences("outline", &swapped, 16);
+        assert!(
+            found
+                .iter()
+                .any(|d| d.contains("field 1 is 'step' in the shader, 'width'")),
+            "{found:?}"
+        );
+        let short = [field("size", 0, 8), field("step", 8, 4)];
+        let found = uniform_differences("outline", &short, 12);
+        assert!(
+            found.iter().any(|d| d.contains("'width' is missing")),
+            "{found:?}"
+        );
+        let wide = [
+            field("size", 0, 8),
+            field("step", 8, 8),
+            field("width", 16, 4),
+        ];
+        let found = uniform_differences("outline", &wide, 32);
+        assert!(
+            found.iter().any(|d| d.contains("'step' is at 8 (4 bytes)")),
+            "{found:?}"
+        );
+        assert!(
+            uniform_differences(
+                "outline",
+                &[
+                    field("size", 0, 8),
+                    field("step", 8, 4),
+                    field("width", 12, 4)
+                ],
+                16
+            )
+            .is_empty()
+        );
+    }
+
+    /// Bindings are looked up by the shader's own variable names; a name the shader does
+    /// not have is a typed error naming the file and the variable.
+    #[test]
+    fn bindings_are_found_by_name() {
+        let (_, source) = SHADERS.iter().find(|(name, _)| *name == "blur").unwrap();
+        let reflection = super::Reflection::of("blur", source);
+        assert_eq!(reflection.binding("params").unwrap(), 0);
+        assert_eq!(reflection.binding("dst_packed").unwrap(), 5);
+        let error = reflection.binding("dst_pakced").unwrap_err();
+        assert!(matches!(error, crate::Error::Device(_)));
+        assert!(
+            error
+                .to_string()
+                .contains("shaders/blur.wgsl has no binding named 'dst_pakced'"),
+            "{error}"
+        );
+    }
 }

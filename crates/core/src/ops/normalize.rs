@@ -1,15 +1,15 @@
 use super::{BufferRange, GpuImage, ImageOps, groups};
 use crate::error::Result;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    width: u32,
-    height: u32,
-    base: u32,
-    _pad: u32,
-    mean: [f32; 4],
-    inv_std: [f32; 4],
+uniform! {
+    struct Params {
+        width: u32,
+        height: u32,
+        base: u32,
+        _pad: u32,
+        mean: [f32; 4],
+        inv_std: [f32; 4],
+    }
 }
 
 impl ImageOps {
@@ -23,7 +23,7 @@ impl ImageOps {
             offset: 0,
             size,
         };
-        self.normalize_into(image, mean, std, target);
+        self.normalize_into(image, mean, std, target)?;
         let bytes = self.read_buffer(&planes, size)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
@@ -36,7 +36,7 @@ impl ImageOps {
         mean: [f32; 3],
         std: [f32; 3],
         target: BufferRange,
-    ) {
+    ) -> Result<()> {
         let count = image.pixel_count();
         let (binding, base) = target.binding(&self.gpu);
         let params = self.uniform(&Params {
@@ -53,20 +53,25 @@ impl ImageOps {
         self.dispatch(
             &mut encoder,
             &self.find_max,
-            &[&params, &image.buffer, &max_value],
+            &[
+                ("params", &params),
+                ("src", &image.buffer),
+                ("max_value", &max_value),
+            ],
             [groups(count, 256), 1, 1],
-        );
+        )?;
         self.dispatch_resources(
             &mut encoder,
             &self.normalize,
             vec![
-                (0, params.as_entire_binding()),
-                (1, image.buffer.as_entire_binding()),
-                (2, max_value.as_entire_binding()),
-                (3, binding),
+                ("params", params.as_entire_binding()),
+                ("src", image.buffer.as_entire_binding()),
+                ("max_value", max_value.as_entire_binding()),
+                ("dst", binding),
             ],
             [groups(count, 256), 1, 1],
-        );
+        )?;
         self.submit(encoder);
+        Ok(())
     }
 }

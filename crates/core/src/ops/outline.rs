@@ -1,26 +1,26 @@
-use super::{GpuImage, ImageOps, compile_entries, grid};
+use super::{GpuImage, ImageOps, Kernel, Shader, compile_entries, grid};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
 pub(super) struct Pipelines {
-    seed: wgpu::ComputePipeline,
-    jump: wgpu::ComputePipeline,
-    finish: wgpu::ComputePipeline,
+    seed: Kernel,
+    jump: Kernel,
+    finish: Kernel,
 }
 
 impl Pipelines {
-    pub fn new(gpu: &Gpu, module: &wgpu::ShaderModule) -> Self {
-        let [seed, jump, finish] = compile_entries(gpu, module, ["seed", "jump", "finish"]);
+    pub fn new(gpu: &Gpu, shader: &Shader) -> Self {
+        let [seed, jump, finish] = compile_entries(gpu, shader, ["seed", "jump", "finish"]);
         Self { seed, jump, finish }
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    size: [u32; 2],
-    step: u32,
-    width: f32,
+uniform! {
+    struct Params {
+        size: [u32; 2],
+        step: u32,
+        width: f32,
+    }
 }
 
 impl ImageOps {
@@ -52,29 +52,41 @@ impl ImageOps {
         let mut encoder = self.encoder();
         let p = &self.outline;
         let first = params(0);
-        self.dispatch_bound(
+        self.dispatch(
             &mut encoder,
             &p.seed,
-            &[(0, &first), (1, &mask.buffer), (3, &seeds[0])],
+            &[
+                ("params", &first),
+                ("mask", &mask.buffer),
+                ("seeds_out", &seeds[0]),
+            ],
             grid(w, h),
-        );
+        )?;
         let mut current = 0;
         for step in steps {
             let pass = params(step);
-            self.dispatch_bound(
+            self.dispatch(
                 &mut encoder,
                 &p.jump,
-                &[(0, &pass), (2, &seeds[current]), (3, &seeds[1 - current])],
+                &[
+                    ("params", &pass),
+                    ("seeds_in", &seeds[current]),
+                    ("seeds_out", &seeds[1 - current]),
+                ],
                 grid(w, h),
-            );
+            )?;
             current = 1 - current;
         }
-        self.dispatch_bound(
+        self.dispatch(
             &mut encoder,
             &p.finish,
-            &[(0, &first), (2, &seeds[current]), (4, &band.buffer)],
+            &[
+                ("params", &first),
+                ("seeds_in", &seeds[current]),
+                ("band", &band.buffer),
+            ],
             grid(w, h),
-        );
+        )?;
         self.submit(encoder);
         Ok(band)
     }

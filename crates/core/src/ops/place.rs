@@ -41,15 +41,15 @@ impl PlaceMap {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    src_size: [u32; 2],
-    dst_size: [u32; 2],
-    offset: [f32; 2],
-    scale: f32,
-    opaque: u32,
-    roi: [f32; 4],
+uniform! {
+    struct Params {
+        src_size: [u32; 2],
+        dst_size: [u32; 2],
+        offset: [f32; 2],
+        scale: f32,
+        opaque: u32,
+        roi: [f32; 4],
+    }
 }
 
 impl ImageOps {
@@ -91,14 +91,14 @@ impl ImageOps {
             &mut encoder,
             &self.place,
             &[
-                &params,
-                &source.buffer,
-                mask_buffer,
-                &colour.buffer,
-                &canvas_mask.buffer,
+                ("params", &params),
+                ("src", &source.buffer),
+                ("src_mask", mask_buffer),
+                ("dst", &colour.buffer),
+                ("dst_mask", &canvas_mask.buffer),
             ],
             grid(width, height),
-        );
+        )?;
         self.submit(encoder);
         Ok((colour, canvas_mask))
     }

@@ -1,4 +1,4 @@
-use super::{Filter, GpuImage, ImageOps, compile_entries, grid};
+use super::{Filter, GpuImage, ImageOps, Kernel, Shader, compile_entries, grid};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
@@ -30,18 +30,18 @@ impl Default for Refinement {
 }
 
 pub(super) struct Pipelines {
-    moments: wgpu::ComputePipeline,
-    box_horizontal: wgpu::ComputePipeline,
-    box_vertical: wgpu::ComputePipeline,
-    coefficients: wgpu::ComputePipeline,
-    apply: wgpu::ComputePipeline,
+    moments: Kernel,
+    box_horizontal: Kernel,
+    box_vertical: Kernel,
+    coefficients: Kernel,
+    apply: Kernel,
 }
 
 impl Pipelines {
-    pub fn new(gpu: &Gpu, module: &wgpu::ShaderModule) -> Self {
+    pub fn new(gpu: &Gpu, shader: &Shader) -> Self {
         let [moments, box_horizontal, box_vertical, coefficients, apply] = compile_entries(
             gpu,
-            module,
+            shader,
             [
                 "moments",
                 "box_horizontal",
@@ -60,15 +60,15 @@ impl Pipelines {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    level: [u32; 2],
-    full: [u32; 2],
-    radius: i32,
-    eps: f32,
-    vectors: u32,
-    snap: f32,
+uniform! {
+    struct Params {
+        level: [u32; 2],
+        full: [u32; 2],
+        radius: i32,
+        eps: f32,
+        vectors: u32,
+        snap: f32,
+    }
 }
 
 impl ImageOps {
@@ -106,26 +106,36 @@ impl ImageOps {
         let p = &self.refine;
 
         let mut encoder = self.encoder();
-        self.dispatch_bound(
+        self.dispatch(
             &mut encoder,
             &p.moments,
-            &[(0, &four), (1, &guide.buffer), (2, &coarse.buffer), (4, &a)],
+            &[
+                ("params", &four),
+                ("guide", &guide.buffer),
+                ("mask", &coarse.buffer),
+                ("dst", &a),
+            ],
             level_grid,
-        );
-        self.box_filter(&mut encoder, &four, &a, &b, level_grid);
-        self.dispatch_bound(
+        )?;
+        self.box_filter(&mut encoder, &four, &a, &b, level_grid)?;
+        self.dispatch(
             &mut encoder,
             &p.coefficients,
-            &[(0, &four), (3, &a), (4, &b)],
+            &[("params", &four), ("src", &a), ("dst", &b)],
             level_grid,
-        );
-        self.box_filter(&mut encoder, &one, &b, &a, level_grid);
-        self.dispatch_bound(
+        )?;
+        self.box_filter(&mut encoder, &one, &b, &a, level_grid)?;
+        self.dispatch(
             &mut encoder,
             &p.apply,
-            &[(0, &one), (1, &image.buffer), (3, &b), (5, &output.buffer)],
+            &[
+                ("params", &one),
+                ("guide", &image.buffer),
+                ("src", &b),
+                ("refined", &output.buffer),
+            ],
             grid(width, height),
-        );
+        )?;
         self.submit(encoder);
         Ok(output)
     }
@@ -138,19 +148,19 @@ impl ImageOps {
         values: &wgpu::Buffer,
         scratch: &wgpu::Buffer,
         level_grid: [u32; 3],
-    ) {
+    ) -> Result<()> {
         let p = &self.refine;
-        self.dispatch_bound(
+        self.dispatch(
             encoder,
             &p.box_horizontal,
-            &[(0, params), (3, values), (4, scratch)],
+            &[("params", params), ("src", values), ("dst", scratch)],
             level_grid,
-        );
-        self.dispatch_bound(
+        )?;
+        self.dispatch(
             encoder,
             &p.box_vertical,
-            &[(0, params), (3, scratch), (4, values)],
+            &[("params", params), ("src", scratch), ("dst", values)],
             level_grid,
-        );
+        )
     }
 }

@@ -8,16 +8,16 @@ pub enum Filter {
     Lanczos3 = 1,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    src_width: u32,
-    src_height: u32,
-    dst_width: u32,
-    dst_height: u32,
-    axis: u32,
-    kernel_type: u32,
-    _pad: [u32; 2],
+uniform! {
+    struct Params {
+        src_width: u32,
+        src_height: u32,
+        dst_width: u32,
+        dst_height: u32,
+        axis: u32,
+        kernel_type: u32,
+        _pad: [u32; 2],
+    }
 }
 
 impl ImageOps {
@@ -50,9 +50,13 @@ impl ImageOps {
             self.dispatch(
                 &mut encoder,
                 &self.resize,
-                &[&params, &input.buffer, &output.buffer],
+                &[
+                    ("params", &params),
+                    ("src", &input.buffer),
+                    ("dst", &output.buffer),
+                ],
                 [groups(target.0, 8), groups(target.1, 8), 1],
-            );
+            )?;
             current = Some(output);
         }
         match current {

@@ -1,4 +1,4 @@
-use super::{BlurKind, GpuImage, ImageOps, compile_entries, grid};
+use super::{BlurKind, GpuImage, ImageOps, Kernel, Shader, compile_entries, grid};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
@@ -13,13 +13,13 @@ pub struct ShadowLayer {
 }
 
 pub(super) struct Pipelines {
-    project: wgpu::ComputePipeline,
-    accumulate: wgpu::ComputePipeline,
+    project: Kernel,
+    accumulate: Kernel,
 }
 
 impl Pipelines {
-    pub fn new(gpu: &Gpu, module: &wgpu::ShaderModule) -> Self {
-        let [project, accumulate] = compile_entries(gpu, module, ["project", "accumulate"]);
+    pub fn new(gpu: &Gpu, shader: &Shader) -> Self {
+        let [project, accumulate] = compile_entries(gpu, shader, ["project", "accumulate"]);
         Self {
             project,
             accumulate,
@@ -27,15 +27,15 @@ impl Pipelines {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    size: [u32; 2],
-    _pad: [u32; 2],
-    row0: [f32; 4],
-    row1: [f32; 4],
-    opacity: f32,
-    _pad2: [f32; 3],
+uniform! {
+    struct Params {
+        size: [u32; 2],
+        _pad: [u32; 2],
+        row0: [f32; 4],
+        row1: [f32; 4],
+        opacity: f32,
+        _pad2: [f32; 3],
+    }
 }
 
 impl ImageOps {
@@ -55,21 +55,29 @@ impl ImageOps {
             });
             let projected = self.empty_image(w, h)?;
             let mut encoder = self.encoder();
-            self.dispatch_bound(
+            self.dispatch(
                 &mut encoder,
                 &self.shadow.project,
-                &[(0, &params), (1, &mask.buffer), (2, &projected.buffer)],
+                &[
+                    ("params", &params),
+                    ("src", &mask.buffer),
+                    ("dst", &projected.buffer),
+                ],
                 grid(w, h),
-            );
+            )?;
             self.submit(encoder);
             let blurred = self.blur(&projected, None, BlurKind::Gaussian, layer.blur)?;
             let mut encoder = self.encoder();
-            self.dispatch_bound(
+            self.dispatch(
                 &mut encoder,
                 &self.shadow.accumulate,
-                &[(0, &params), (1, &blurred.buffer), (2, &shadow.buffer)],
+                &[
+                    ("params", &params),
+                    ("src", &blurred.buffer),
+                    ("dst", &shadow.buffer),
+                ],
                 grid(w, h),
-            );
+            )?;
             self.submit(encoder);
         }
         Ok(shadow)
