@@ -93,5 +93,155 @@ fn heic_is_named_in_the_error() {
     bytes.extend_from_slice(b"ftypheic\0\0\0\0mif1heic");
     bytes.resize(64, 0);
     let error = decode(&bytes, DecodeLimits::default()).unwrap_err();
+    assert!(matches!(error, Error::UnsupportedFormat(_)), "{error}");
     assert!(error.to_string().contains("HEIC"), "{error}");
+}
+
+/// The sRGB transfer function (IEC 61966-2-1), encoded 0..1 to linear.
+fn srgb_to_linear(v: f64) -> f64 {
+    if v <= 0.04045 {
+        v / 12.92
+    } else {
+        ((v + 0.055) / 1.055).powf(2.4)
+    }
+}
+
+fn linear_to_srgb(v: f64) -> f64 {
+    let v = v.clamp(0.0, 1.0);
+    if v <= 0.0031308 {
+        v * 12.92
+    } else {
+        1.055 * v.powf(1.0 / 2.4) - 0.055
+    }
+}
+
+/// Colours inside both gamuts (sRGB's is the smaller), so no gamut mapping is involved.
+const WIDE_GAMUT_COLOURS: [[u8; 3]; 6] = [
+    [200, 100, 50],
+    [50, 150, 200],
+    [128, 128, 128],
+    [230, 200, 180],
+    [90, 160, 90],
+    [240, 240, 235],
+];
+
+/// Display P3 → sRGB by hand: P3 uses sRGB's transfer function and D65 white; the matrix
+/// takes linear P3 to linear sRGB (P3 → XYZ → sRGB from the two sets of primaries).
+fn display_p3_to_srgb(p3: [u8; 3]) -> [f64; 3] {
+    const M: [[f64; 3]; 3] = [
+        [1.224_940_2, -0.224_940_2, 0.0],
+        [-0.042_056_9, 1.042_057_1, 0.0],
+        [-0.019_637_6, -0.078_636_1, 1.098_273_5],
+    ];
+    let linear = p3.map(|v| srgb_to_linear(v as f64 / 255.0));
+    M.map(|row| {
+        let v: f64 = (0..3).map(|i| row[i] * linear[i]).sum();
+        linear_to_srgb(v) * 255.0
+    })
+}
+
+/// Adobe RGB (1998) → sRGB by hand: gamma 563/256, D65 white, its primaries' matrix.
+fn adobe_rgb_to_srgb(adobe: [u8; 3]) -> [f64; 3] {
+    const M: [[f64; 3]; 3] = [
+        [1.398_283_2, -0.398_283_1, 0.0],
+        [0.0, 1.0, 0.0],
+        [0.0, -0.042_938_3, 1.042_938_3],
+    ];
+    let linear = adobe.map(|v| (v as f64 / 255.0).powf(563.0 / 256.0));
+    M.map(|row| {
+        let v: f64 = (0..3).map(|i| row[i] * linear[i]).sum();
+        linear_to_srgb(v) * 255.0
+    })
+}
+
+/// One 4×4 block per colour, in a row, encoded by `encode` with `icc` embedded.
+fn tagged_image(
+    colours: &[[u8; 3]],
+    icc: Vec<u8>,
+    format: image::ImageFormat,
+) -> (Vec<u8>, image::RgbImage) {
+    use image::ImageEncoder;
+    let pixels = image::RgbImage::from_fn(4 * colours.len() as u32, 4, |x, _| {
+        image::Rgb(colours[x as usize / 4])
+    });
+    let mut bytes = Vec::new();
+    let (w, h) = pixels.dimensions();
+    match format {
+        image::ImageFormat::Png => {
+            let mut encoder = image::codecs::png::PngEncoder::new(&mut bytes);
+            encoder.set_icc_profile(icc).unwrap();
+            encoder
+                .write_image(pixels.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+                .unwrap();
+        }
+        _ => {
+            let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 100);
+            encoder.set_icc_profile(icc).unwrap();
+            encoder
+                .write_image(pixels.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+                .unwrap();
+        }
+    }
+    // What the file stores, read without colour management.
+    let stored = image::load_from_memory(&bytes).unwrap().into_rgb8();
+    (bytes, stored)
+}
+
+/// Photos from phones (Display P3) and cameras (Adobe RGB) are converted into sRGB on
+/// decode: each block's centre matches the conversion computed by hand from the colour
+/// spaces' published primaries and transfer functions.
+#[test]
+fn embedded_colour_profiles_are_converted_to_srgb() {
+    type Convert = fn([u8; 3]) -> [f64; 3];
+    let spaces: [(&str, moxcms::ColorProfile, Convert); 2] = [
+        (
+            "Display P3",
+            moxcms::ColorProfile::new_display_p3(),
+            display_p3_to_srgb,
+        ),
+        (
+            "Adobe RGB",
+            moxcms::ColorProfile::new_adobe_rgb(),
+            adobe_rgb_to_srgb,
+        ),
+    ];
+    for (space, profile, convert) in spaces {
+        for format in [image::ImageFormat::Png, image::ImageFormat::Jpeg] {
+            let icc = profile.encode().unwrap();
+            let (bytes, stored) = tagged_image(&WIDE_GAMUT_COLOURS, icc, format);
+            let decoded = decode(&bytes, DecodeLimits::default()).unwrap();
+            let mut worst = 0.0f64;
+            let mut moved = 0.0f64;
+            for block in 0..WIDE_GAMUT_COLOURS.len() as u32 {
+                let (x, y) = (block * 4 + 2, 2);
+                let stored = stored.get_pixel(x, y).0;
+                let expected = convert(stored);
+                let got = decoded.get_pixel(x, y).0;
+                for c in 0..3 {
+                    worst = worst.max((got[c] as f64 - expected[c]).abs());
+                    moved = moved.max((stored[c] as f64 - expected[c]).abs());
+                }
+                assert_eq!(got[3], 255);
+            }
+            println!("{space} {format:?}: worst {worst:.2} levels (unconverted: {moved:.1})");
+            assert!(moved > 10.0, "{space}: the colours must differ from sRGB's");
+            assert!(
+                worst <= 1.5,
+                "{space} {format:?}: {worst:.2} levels from the reference"
+            );
+        }
+    }
+}
+
+/// A profile that cannot be read is ignored (the pixels are taken as sRGB), as browsers do.
+#[test]
+fn an_unreadable_profile_is_ignored() {
+    let mut garbage = moxcms::ColorProfile::new_display_p3().encode().unwrap();
+    garbage[36..40].copy_from_slice(b"nope");
+    garbage.truncate(200);
+    let (bytes, stored) = tagged_image(&WIDE_GAMUT_COLOURS, garbage, image::ImageFormat::Png);
+    let decoded = decode(&bytes, DecodeLimits::default()).unwrap();
+    for (got, want) in decoded.pixels().zip(stored.pixels()) {
+        assert_eq!(got.0[..3], want.0);
+    }
 }

@@ -1,6 +1,8 @@
-//! Decoding uploads into RGBA8: JPEG, PNG, WebP; EXIF orientation applied; grey, 16-bit,
-//! CMYK and alpha inputs converted. Sizes are checked from the header before any pixel is
-//! decoded, so a decompression bomb costs nothing.
+//! Decoding uploads into sRGB RGBA8: JPEG, PNG, WebP; EXIF orientation applied; grey,
+//! 16-bit, CMYK and alpha inputs converted; an embedded ICC profile (Display P3, Adobe RGB,
+//! ProPhoto, …) converted into sRGB, as browsers and the hosted APIs do, so colours survive.
+//! Sizes are checked from the header before any pixel is decoded, so a decompression bomb
+//! costs nothing. Everything downstream (model, effects, encoders) works in sRGB.
 
 use std::io::Cursor;
 
@@ -35,11 +37,7 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage> {
                 "{other:?} is not supported (use JPEG, PNG or WebP)"
             )));
         }
-        None if is_heif(bytes) => {
-            return Err(Error::Decode(
-                "HEIC/HEIF images are not supported yet (use JPEG, PNG or WebP)".into(),
-            ));
-        }
+        None if is_heif(bytes) => return Err(Error::UnsupportedFormat("HEIC/HEIF")),
         None => return Err(Error::Decode("not a JPEG, PNG or WebP image".into())),
     }
     let mut decoder = reader
@@ -62,12 +60,53 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage> {
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let icc = decoder.icc_profile().ok().flatten();
     let mut image = image::DynamicImage::from_decoder(decoder).map_err(|e| match e {
         image::ImageError::Limits(l) => Error::TooLarge(l.to_string()),
         other => Error::Decode(other.to_string()),
     })?;
     image.apply_orientation(orientation);
-    Ok(image.into_rgba8())
+    let mut image = image.into_rgba8();
+    if let Some(icc) = icc {
+        into_srgb(&mut image, &icc);
+    }
+    Ok(image)
+}
+
+/// Converts `image` from the RGB colour space its ICC profile describes into sRGB (alpha
+/// untouched). A profile that cannot be read or used is ignored, as browsers ignore it:
+/// the pixels are taken as sRGB.
+fn into_srgb(image: &mut RgbaImage, icc: &[u8]) {
+    use moxcms::{ColorProfile, DataColorSpace, Layout, TransformOptions};
+    let profile = match ColorProfile::new_from_slice(icc) {
+        Ok(profile) if profile.color_space == DataColorSpace::Rgb => profile,
+        Ok(profile) => {
+            log::debug!("ignoring an ICC profile of {:?} data", profile.color_space);
+            return;
+        }
+        Err(e) => {
+            log::warn!("ignoring an unreadable ICC profile: {e}");
+            return;
+        }
+    };
+    let srgb = ColorProfile::new_srgb();
+    let transform = match profile.create_transform_8bit(
+        Layout::Rgba,
+        &srgb,
+        Layout::Rgba,
+        TransformOptions::default(),
+    ) {
+        Ok(transform) => transform,
+        Err(e) => {
+            log::warn!("ignoring an ICC profile that cannot be applied: {e}");
+            return;
+        }
+    };
+    let source = image.as_raw().clone();
+    if let Err(e) = transform.transform(&source, image) {
+        log::warn!("ignoring an ICC profile whose transform failed: {e}");
+        image.copy_from_slice(&source);
+    }
 }
 
 /// An ISO-BMFF `ftyp` box with a HEIF brand (iPhone photos are HEIC).

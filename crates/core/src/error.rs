@@ -12,6 +12,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     #[error("could not decode the image: {0}")]
     Decode(String),
+    /// An image format cutout recognises but does not decode.
+    #[error("{0} images are not supported (use JPEG, PNG or WebP)")]
+    UnsupportedFormat(&'static str),
     #[error("the image is too large: {0}")]
     TooLarge(String),
     #[error("could not encode the image: {0}")]

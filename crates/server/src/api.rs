@@ -340,12 +340,7 @@ async fn render(
         tokio::task::spawn_blocking(move || cutout_core::decode::decode(&bytes, limits))
             .await
             .map_err(Failure::internal)?
-            .map_err(|e| match e {
-                cutout_core::Error::TooLarge(m) => {
-                    Failure::bad_request("resolution_too_high", format!("{what}: {m}"))
-                }
-                other => Failure::bad_request("failed_to_read_image", format!("{what}: {other}")),
-            })
+            .map_err(|e| decode_failure(e, what))
     };
     let start = Instant::now();
     let image = decode(image, "image").await?;
@@ -512,6 +507,22 @@ fn field_failure(e: cutout_core::edit::FieldError) -> Failure {
     Failure::bad_request("validation_error", e.to_string())
 }
 
+/// An upload that did not decode: too large (400 `resolution_too_high`), a format cutout
+/// recognises but does not decode (415 `invalid_file_type`, naming it), or unreadable (400
+/// `failed_to_read_image`).
+fn decode_failure(error: cutout_core::Error, what: &str) -> Failure {
+    use cutout_core::Error;
+    match error {
+        Error::TooLarge(m) => Failure::bad_request("resolution_too_high", format!("{what}: {m}")),
+        Error::UnsupportedFormat(_) => Failure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_file_type",
+            format!("{what}: {error}"),
+        ),
+        other => Failure::bad_request("failed_to_read_image", format!("{what}: {other}")),
+    }
+}
+
 /// Seconds a client is asked to wait after the device ran out of memory or was lost.
 const DEVICE_RETRY_AFTER: u64 = 5;
 
@@ -528,7 +539,7 @@ fn render_failure(error: cutout_core::Error) -> Failure {
         Error::InvalidRoi(_) => Failure::bad_request("invalid_roi", error.to_string()),
         Error::InvalidParameter(field) => field_failure(field),
         Error::TooLarge(message) => Failure::bad_request("resolution_too_high", message),
-        Error::Decode(_) => Failure::bad_request("failed_to_read_image", error.to_string()),
+        Error::Decode(_) | Error::UnsupportedFormat(_) => decode_failure(error, "image"),
         Error::OutOfMemory(_) => unavailable("out_of_memory", &error),
         Error::DeviceLost(_) => unavailable("device_lost", &error),
         other => Failure::internal(other),
@@ -831,6 +842,12 @@ mod tests {
                 Error::Decode("truncated".into()),
                 400,
                 "failed_to_read_image",
+                None,
+            ),
+            (
+                Error::UnsupportedFormat("HEIC/HEIF"),
+                415,
+                "invalid_file_type",
                 None,
             ),
             (

@@ -1,5 +1,5 @@
 //! Where the subject lands on the canvas, computed on the CPU. Follows
-//! `api-reference/positioning.md` step by step; the shaders only apply the result.
+//! `docs/positioning.md` step by step; the shaders only apply the result.
 
 use super::{
     Align, CanvasLayout, FieldError, FrameLayout, Layout, OutputSize, ReferenceBox, Scaling,
