@@ -1,9 +1,10 @@
 //! CPU versions of the operations that sit between the model and the composite, for CPU
 //! adapters (lavapipe), where running them as shaders costs several times more than plain
-//! Rust over rayon's threads (see the README's numbers). They reproduce their WGSL
-//! versions' arithmetic step for step (same taps, same order, same f32 operations, the same
-//! rounding to 8 bits), so both paths give the same pixels up to rare last-bit differences;
-//! `tests/edit_ops.rs` holds them to 1/255 of the shaders.
+//! Rust over rayon's threads (see the README's numbers). They compute what their WGSL
+//! versions compute (same taps and weights, same formulas, the same rounding to 8 bits);
+//! where the CPU has a cheaper order of the same sums (resize weights pre-divided, sliding
+//! box sums in the guided filter) it uses it, so both paths give the same pixels up to rare
+//! one-level differences; `tests/edit_ops.rs` holds them to 1/255 of the shaders.
 
 use image::RgbaImage;
 use rayon::prelude::*;
@@ -39,12 +40,13 @@ fn kernel(filter: Filter, x: f32) -> f32 {
     }
 }
 
-/// The taps of one output position along an axis: first source index and unnormalised
-/// weights, as `shaders/resize.wgsl` computes them.
+/// The taps of one output position along an axis: first source index and weights, as
+/// `shaders/resize.wgsl` computes them, normalised to sum to one and divided by 255 (so 8-bit
+/// samples are weighed directly; the shader divides the sum instead: the same value up to
+/// the last bit).
 struct Taps {
     first: usize,
     weights: Vec<f32>,
-    weight_sum: f32,
 }
 
 fn taps(src_len: u32, dst_len: u32, filter: Filter) -> Vec<Taps> {
@@ -63,11 +65,10 @@ fn taps(src_len: u32, dst_len: u32, filter: Filter) -> Vec<Taps> {
             let weights: Vec<f32> = (first..last)
                 .map(|i| kernel(filter, (i as f32 + 0.5 - center) / stretch))
                 .collect();
-            let weight_sum = weights.iter().sum();
+            let weight_sum: f32 = weights.iter().sum();
             Taps {
                 first: first as usize,
-                weights,
-                weight_sum,
+                weights: weights.iter().map(|w| w / weight_sum / 255.0).collect(),
             }
         })
         .collect()
@@ -97,14 +98,14 @@ fn resize_rows(src: &RgbaImage, width: u32, filter: Filter) -> RgbaImage {
         .for_each(|(out_row, src_row)| {
             for (pixel, tap) in out_row.chunks_exact_mut(4).zip(&taps) {
                 let mut sum = [0.0f32; 4];
-                for (k, &w) in tap.weights.iter().enumerate() {
-                    let at = (tap.first + k) * 4;
+                let source = &src_row[tap.first * 4..][..tap.weights.len() * 4];
+                for (&w, sample) in tap.weights.iter().zip(source.chunks_exact(4)) {
                     for c in 0..4 {
-                        sum[c] += w * unorm(src_row[at + c]);
+                        sum[c] += w * sample[c] as f32;
                     }
                 }
                 for c in 0..4 {
-                    pixel[c] = to_unorm8(sum[c] / tap.weight_sum);
+                    pixel[c] = to_unorm8(sum[c]);
                 }
             }
         });
@@ -123,11 +124,11 @@ fn resize_columns(src: &RgbaImage, height: u32, filter: Filter) -> RgbaImage {
             for (k, &w) in tap.weights.iter().enumerate() {
                 let src_row = &raw[(tap.first + k) * row..][..row];
                 for (s, &v) in sum.iter_mut().zip(src_row) {
-                    *s += w * unorm(v);
+                    *s += w * v as f32;
                 }
             }
-            for (o, s) in out_row.iter_mut().zip(&sum) {
-                *o = to_unorm8(s / tap.weight_sum);
+            for (o, &s) in out_row.iter_mut().zip(&sum) {
+                *o = to_unorm8(s);
             }
         });
     out
@@ -248,17 +249,19 @@ pub fn refine_mask(photo: &RgbaImage, mask: &RgbaImage, refinement: Refinement) 
         .par_chunks_exact_mut(width as usize * 4)
         .zip(photo.par_chunks_exact(width as usize * 4))
         .zip(&rows)
-        .for_each(|((out_row, photo_row), &(y0, y1, fy))| {
+        .for_each_init(Vec::new, |row, ((out_row, photo_row), &(y0, y1, fy))| {
+            // Bilinear is separable: the row's coefficients between its two level rows
+            // first, then each pixel between two of those.
             let upper = &coefficients[y0 * level_size.0..][..level_size.0];
             let lower = &coefficients[y1 * level_size.0..][..level_size.0];
+            row.clear();
+            row.extend(upper.iter().zip(lower).map(|(&u, &l)| mix(u, l, fy)));
             for ((out, pixel), &(x0, x1, fx)) in out_row
                 .chunks_exact_mut(4)
                 .zip(photo_row.chunks_exact(4))
                 .zip(&columns)
             {
-                let top = mix(upper[x0], upper[x1], fx);
-                let bottom = mix(lower[x0], lower[x1], fx);
-                let k = mix(top, bottom, fy);
+                let k = mix(row[x0], row[x1], fx);
                 let c = [unorm(pixel[0]), unorm(pixel[1]), unorm(pixel[2])];
                 let value = k[0] * c[0] + k[1] * c[1] + k[2] * c[2] + k[3];
                 let m = ((value - snap) / (1.0 - 2.0 * snap)).clamp(0.0, 1.0);
@@ -270,13 +273,15 @@ pub fn refine_mask(photo: &RgbaImage, mask: &RgbaImage, refinement: Refinement) 
 }
 
 /// Each value replaced by the mean over its (2r+1)² window, counting only the window's
-/// pixels inside the image: a horizontal pass, then a vertical one, each summing its taps in
-/// order as `box_pass` in `shaders/refine.wgsl` does.
+/// pixels inside the image, as `box_pass` in `shaders/refine.wgsl` does; here with sliding
+/// sums (each value added once and subtracted once instead of 2r+1 adds per output),
+/// restarted every `RUN` outputs so f32 rounding cannot build up along a row or column.
 fn box_mean<const N: usize>(
     values: &[[f32; N]],
     (width, height): (usize, usize),
     radius: usize,
 ) -> Vec<[f32; N]> {
+    const RUN: usize = 64;
     let window = |position: usize, length: usize| {
         let first = position.saturating_sub(radius);
         let last = (position + radius).min(length - 1);
@@ -287,38 +292,78 @@ fn box_mean<const N: usize>(
         .par_chunks_exact_mut(width)
         .zip(values.par_chunks_exact(width))
         .for_each(|(out_row, row)| {
-            for (x, out) in out_row.iter_mut().enumerate() {
-                let (first, last) = window(x, width);
-                let mut sum = [0.0f32; N];
-                for value in &row[first..=last] {
-                    for c in 0..N {
-                        sum[c] += value[c];
-                    }
+            for (run, outs) in out_row.chunks_mut(RUN).enumerate() {
+                let mut window_sum = SlidingSum::new(1);
+                for (i, out) in outs.iter_mut().enumerate() {
+                    let (first, last) = window(run * RUN + i, width);
+                    window_sum.slide(first, last, |i| std::slice::from_ref(&row[i]));
+                    *out = window_sum.mean(0);
                 }
-                let count = (last - first + 1) as f32;
-                *out = sum.map(|s| s / count);
             }
         });
+    // Vertically in bands of `RUN` rows, each band starting its own window (in parallel).
     let mut vertical = vec![[0.0f32; N]; values.len()];
     vertical
-        .par_chunks_exact_mut(width)
+        .par_chunks_mut(width * RUN)
         .enumerate()
-        .for_each(|(y, out_row)| {
-            let (first, last) = window(y, height);
-            let count = (last - first + 1) as f32;
-            let mut sum = vec![[0.0f32; N]; width];
-            for row in horizontal[first * width..(last + 1) * width].chunks_exact(width) {
-                for (s, value) in sum.iter_mut().zip(row) {
-                    for c in 0..N {
-                        s[c] += value[c];
-                    }
+        .for_each(|(band, out_rows)| {
+            let mut window_sum = SlidingSum::new(width);
+            for (i, out_row) in out_rows.chunks_exact_mut(width).enumerate() {
+                let (first, last) = window(band * RUN + i, height);
+                window_sum.slide(first, last, |y| &horizontal[y * width..][..width]);
+                for (x, out) in out_row.iter_mut().enumerate() {
+                    *out = window_sum.mean(x);
                 }
-            }
-            for (out, s) in out_row.iter_mut().zip(&sum) {
-                *out = s.map(|v| v / count);
             }
         });
     vertical
+}
+
+/// Sums of `lanes` values over a window `[first, last]` of items that only moves forward.
+struct SlidingSum<const N: usize> {
+    sums: Vec<[f32; N]>,
+    /// The window summed: items `start..end`.
+    start: usize,
+    end: usize,
+}
+
+impl<const N: usize> SlidingSum<N> {
+    fn new(lanes: usize) -> Self {
+        Self {
+            sums: vec![[0.0; N]; lanes],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Moves the window to `[first, last]` (neither bound moving back); `item(i)` gives item
+    /// `i`'s value for every lane.
+    fn slide<'a>(&mut self, first: usize, last: usize, item: impl Fn(usize) -> &'a [[f32; N]]) {
+        if self.start == self.end {
+            (self.start, self.end) = (first, first);
+        }
+        while self.end <= last {
+            for (sum, value) in self.sums.iter_mut().zip(item(self.end)) {
+                for c in 0..N {
+                    sum[c] += value[c];
+                }
+            }
+            self.end += 1;
+        }
+        while self.start < first {
+            for (sum, value) in self.sums.iter_mut().zip(item(self.start)) {
+                for c in 0..N {
+                    sum[c] -= value[c];
+                }
+            }
+            self.start += 1;
+        }
+    }
+
+    fn mean(&self, lane: usize) -> [f32; N] {
+        let count = (self.end - self.start) as f32;
+        self.sums[lane].map(|s| s / count)
+    }
 }
 
 /// `shaders/bbox.wgsl` on the CPU: the box and counts of the foreground in `mask`'s
@@ -545,4 +590,44 @@ pub fn compose(layers: &ComposeLayers<RgbaImage>, style: ComposeStyle) -> Result
 /// `watermark_alpha` of `shaders/compose.wgsl`: diagonal translucent white stripes.
 fn watermark_alpha(x: usize, y: usize) -> f32 {
     if (x + y) % 96 < 24 { 0.35 } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::box_mean;
+
+    /// The sliding sums against each window's mean summed directly, on sizes smaller than,
+    /// equal to and larger than the window, bands included (heights past 32 rows).
+    #[test]
+    fn box_mean_matches_the_direct_window_mean() {
+        for (width, height, radius) in [(1, 1, 4), (3, 2, 4), (9, 9, 4), (17, 70, 4), (40, 33, 1)] {
+            let values: Vec<[f32; 2]> = (0..width * height)
+                .map(|i| [((i * 7919) % 101) as f32 / 10.0, -(((i * 31) % 17) as f32)])
+                .collect();
+            let got = box_mean(&values, (width, height), radius);
+            for y in 0..height {
+                for x in 0..width {
+                    let (x0, x1) = (x.saturating_sub(radius), (x + radius).min(width - 1));
+                    let (y0, y1) = (y.saturating_sub(radius), (y + radius).min(height - 1));
+                    let mut sum = [0.0f64; 2];
+                    for yy in y0..=y1 {
+                        for xx in x0..=x1 {
+                            for c in 0..2 {
+                                sum[c] += values[yy * width + xx][c] as f64;
+                            }
+                        }
+                    }
+                    let count = ((x1 - x0 + 1) * (y1 - y0 + 1)) as f64;
+                    for c in 0..2 {
+                        let want = sum[c] / count;
+                        let have = got[y * width + x][c] as f64;
+                        assert!(
+                            (have - want).abs() <= 1e-5 * want.abs().max(1.0),
+                            "{width}x{height} r{radius} at ({x},{y}): {have} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
