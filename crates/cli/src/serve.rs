@@ -74,6 +74,14 @@ pub struct ServeArgs {
     /// Most headers in one request (more: 431).
     #[arg(long, default_value_t = 100)]
     max_headers: usize,
+    /// MiB that all requests in flight may hold: each its body, then 32 bytes per pixel of
+    /// its image plus the model's forward (u2netp: 192 MiB). Requests that do not fit wait
+    /// up to --admission-wait seconds, then get 503 with Retry-After.
+    #[arg(long, default_value_t = 1536)]
+    max_inflight_memory: u64,
+    /// Seconds a request waits for memory before it gets 503.
+    #[arg(long, default_value_t = 30)]
+    admission_wait: u64,
     /// Do not download a missing model.
     #[arg(long)]
     offline: bool,
@@ -145,6 +153,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             grace: Duration::from_secs(10),
         },
         max_connections: args.max_connections.max(1),
+        max_inflight_memory: args.max_inflight_memory.max(1) << 20,
+        admission_wait: Duration::from_secs(args.admission_wait),
         ..Config::default()
     };
     config.batching.max_batch = args.max_batch.max(1);

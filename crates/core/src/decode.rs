@@ -26,6 +26,16 @@ impl Default for DecodeLimits {
     }
 }
 
+/// The image's width and height from its header, without decoding a pixel; `None` when
+/// the header cannot be read (`decode` then says why).
+pub fn dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
+}
+
 pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()

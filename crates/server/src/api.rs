@@ -17,6 +17,7 @@ use crate::accounts::Held;
 use crate::body::{self, BodyError, Form};
 use crate::fetch::{self, FetchError};
 use crate::limit::{self, Budget};
+use crate::memory::{Claim, MemoryBudget};
 use crate::queue::Rejected;
 use crate::respond::{Dialect, Failure, Reply, error_reply, json_reply};
 use crate::store::{self, Key, Plan, StoreError, UsageRow};
@@ -38,7 +39,14 @@ pub async fn route(state: &State, request: Request<Incoming>) -> Reply {
         )),
         (&Method::GET, "/health") => Ok(json_reply(
             StatusCode::OK,
-            json!({"status": "ok", "queued": state.queue.in_flight()}),
+            json!({
+                "status": "ok",
+                "queued": state.queue.in_flight(),
+                "memory": {
+                    "budget_bytes": state.memory.bytes(),
+                    "in_flight_bytes": state.memory.in_flight(),
+                },
+            }),
         )),
         (
             _,
@@ -72,14 +80,31 @@ async fn api(
     let key = authenticate(state, &request, dialect).await?;
     let key = key.as_ref();
     let method = request.method().clone();
+    // The body is charged to the memory budget before it is read: as declared, or the
+    // largest allowed when it is sent in chunks.
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(state.config.max_upload)
+        .min(state.config.max_upload);
+    let admit = || async {
+        state
+            .memory
+            .admit(declared)
+            .await
+            .ok_or_else(memory_failure)
+    };
     let result = match (&method, path) {
-        (&Method::POST, "/v1/segment") => segment(state, request, key).await,
-        (&Method::GET | &Method::POST, "/v2/edit") => edit(state, request, key).await,
+        (&Method::POST, "/v1/segment") => segment(state, request, key, admit().await?).await,
+        (&Method::GET | &Method::POST, "/v2/edit") => {
+            edit(state, request, key, admit().await?).await
+        }
         (&Method::GET, "/v1/account" | "/v2/account") => photoroom_account(state, key, path).await,
-        (&Method::POST, "/v1.0/removebg") => remove_bg(state, request, key).await,
+        (&Method::POST, "/v1.0/removebg") => remove_bg(state, request, key, admit().await?).await,
         (&Method::GET, "/v1.0/account") => remove_bg_account(state, key).await,
         (&Method::POST, "/v1/remove-background" | "/remove-background") => {
-            simple(state, request, key).await
+            simple(state, request, key, admit().await?).await
         }
         _ => Err(Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -115,6 +140,17 @@ fn preflight() -> Reply {
     );
     headers.insert("access-control-allow-headers", "*".parse().expect("ascii"));
     reply
+}
+
+/// The memory for work in flight stayed full for the admission wait.
+fn memory_failure() -> Failure {
+    let mut failure = Failure::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_busy",
+        "the server's memory for work in flight is full; retry later",
+    );
+    failure.retry_after = Some(DEVICE_RETRY_AFTER);
+    failure
 }
 
 /// The database is down or busy: the request is refused, never served unmetered.
@@ -324,6 +360,7 @@ async fn rate_check(
 async fn render(
     state: &State,
     received: Instant,
+    body: Claim,
     image: Bytes,
     background: Option<Bytes>,
     edit: Edit,
@@ -342,6 +379,17 @@ async fn render(
             .map_err(Failure::internal)?
             .map_err(|e| decode_failure(e, what))
     };
+    // Before any pixel is decoded: the body's claim grows to what the image will need.
+    let pixels = |bytes: &Bytes| {
+        cutout_core::decode::dimensions(bytes).map_or(0, |(w, h)| w as u64 * h as u64)
+    };
+    let pixels = pixels(&image) + background.as_ref().map_or(0, pixels);
+    let needed = MemoryBudget::image_bytes(pixels, state.model);
+    let _memory = state
+        .memory
+        .grow(body, needed)
+        .await
+        .ok_or_else(memory_failure)?;
     let start = Instant::now();
     let image = decode(image, "image").await?;
     let (input_width, input_height) = image.dimensions();
@@ -559,6 +607,7 @@ async fn segment(
     state: &State,
     request: Request<Incoming>,
     key: Option<&Key>,
+    body: Claim,
 ) -> Result<Reply, Failure> {
     let received = Instant::now();
     let json_wanted = wants_json(&request);
@@ -582,7 +631,7 @@ async fn segment(
         RateCost::Image,
     );
     let charged = charge.charged();
-    let rendered = render(state, received, image, None, edit, charge).await?;
+    let rendered = render(state, received, body, image, None, edit, charge).await?;
     let builder = image_reply(&rendered).header("x-credits-charged", charged.to_string());
     Ok(if json_wanted {
         json_body(
@@ -599,6 +648,7 @@ async fn edit(
     state: &State,
     request: Request<Incoming>,
     key: Option<&Key>,
+    body: Claim,
 ) -> Result<Reply, Failure> {
     let received = Instant::now();
     let form = if request.method() == Method::GET {
@@ -637,7 +687,7 @@ async fn edit(
     };
     let charge = Charge::new(key, "/v2/edit", 1.0, RateCost::Image);
     let charged = charge.charged();
-    let rendered = render(state, received, image, background, edit, charge).await?;
+    let rendered = render(state, received, body, image, background, edit, charge).await?;
     Ok(image_body(
         image_reply(&rendered).header("x-credits-charged", charged.to_string()),
         rendered,
@@ -675,6 +725,7 @@ async fn remove_bg(
     state: &State,
     request: Request<Incoming>,
     key: Option<&Key>,
+    body: Claim,
 ) -> Result<Reply, Failure> {
     let received = Instant::now();
     let json_wanted = wants_json(&request);
@@ -735,7 +786,7 @@ async fn remove_bg(
         RateCost::Megapixels,
     );
     let charged = charge.charged();
-    let rendered = render(state, received, image, background, edit, charge).await?;
+    let rendered = render(state, received, body, image, background, edit, charge).await?;
     let mut builder = image_reply(&rendered).header("x-credits-charged", charged.to_string());
     if let Some(kind) = form.field("type").filter(|t| *t != "auto")
         && form.field("type_level") != Some("none")
@@ -788,6 +839,7 @@ async fn simple(
     state: &State,
     request: Request<Incoming>,
     key: Option<&Key>,
+    body: Claim,
 ) -> Result<Reply, Failure> {
     let received = Instant::now();
     let form = body::read_form(request, 20 * 1024 * 1024, state.config.body_pace)
@@ -803,6 +855,7 @@ async fn simple(
     let rendered = render(
         state,
         received,
+        body,
         image,
         None,
         edit,

@@ -8,6 +8,7 @@ pub mod body;
 pub mod fetch;
 pub mod keys;
 mod limit;
+mod memory;
 mod openapi;
 mod queue;
 mod respond;
@@ -64,6 +65,12 @@ pub struct Config {
     pub max_headers: usize,
     /// Most bytes of request line and headers; more get 431.
     pub max_header_bytes: usize,
+    /// Bytes all requests in flight may hold at once (bodies, decoded pixels and their
+    /// working copies, model forwards; see `memory`); raised at start to fit the largest
+    /// single request.
+    pub max_inflight_memory: u64,
+    /// How long a request waits for memory before it gets 503 with `Retry-After`.
+    pub admission_wait: Duration,
     /// The time credits and rate limits count months and minutes by.
     pub clock: Clock,
 }
@@ -92,6 +99,8 @@ impl Default for Config {
             max_connections: 1024,
             max_headers: 100,
             max_header_bytes: 64 * 1024,
+            max_inflight_memory: 1536 << 20,
+            admission_wait: Duration::from_secs(30),
             cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             clock: system_clock(),
         }
@@ -100,6 +109,8 @@ impl Default for Config {
 
 struct State {
     config: Config,
+    /// Memory for the work in flight (`Config::max_inflight_memory`).
+    memory: memory::MemoryBudget,
     /// Permits for decoding and encoding (`Config::cpu_workers`).
     cpu_work: tokio::sync::Semaphore,
     accounts: Option<Arc<accounts::Accounts>>,
@@ -140,7 +151,20 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
         ))
     });
     let lease_keeper = accounts.as_ref().map(|a| a.keep_leases());
+    let largest = config.max_upload
+        + config.decode.max_pixels * memory::BYTES_PER_PIXEL
+        + model.forward_bytes();
+    if largest > config.max_inflight_memory {
+        log::warn!(
+            "the largest requests ({} MiB: {} MP and {} MiB of model forward) exceed the memory for work in flight ({} MiB) and will run one at a time",
+            largest >> 20,
+            config.decode.max_pixels / 1_000_000,
+            model.forward_bytes() >> 20,
+            config.max_inflight_memory >> 20
+        );
+    }
     let state = Arc::new(State {
+        memory: memory::MemoryBudget::new(config.max_inflight_memory, config.admission_wait),
         cpu_work: tokio::sync::Semaphore::new(config.cpu_workers.max(1)),
         config,
         accounts,

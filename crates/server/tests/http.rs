@@ -1172,3 +1172,73 @@ fn trickled_bodies_and_connections_over_the_limit_are_refused() {
     }
     assert_eq!(status, 200);
 }
+
+/// Bytes the server's memory budget holds now (`/health`).
+fn memory_in_flight(addr: SocketAddr) -> u64 {
+    let health = curl(addr, "/health", &[]);
+    assert_eq!(health.status, 200, "/health answers throughout");
+    health.json()["memory"]["in_flight_bytes"].as_u64().unwrap()
+}
+
+/// Waits until the server's memory in flight satisfies `condition` (polling /health, the
+/// event this waits on; the bound only turns a server that never gets there into a failure).
+fn wait_for_memory(addr: SocketAddr, what: &str, condition: impl Fn(u64) -> bool) {
+    for _ in 0..3000 {
+        if condition(memory_in_flight(addr)) {
+            return;
+        }
+    }
+    panic!("memory in flight never {what}");
+}
+
+/// A request that does not fit in the memory for work in flight waits, then gets 503 with
+/// Retry-After; /health answers meanwhile; once the memory is given back the same request
+/// is served.
+#[test]
+fn requests_past_the_memory_budget_wait_then_get_503() {
+    let config = Config {
+        max_inflight_memory: 1 << 20,
+        admission_wait: std::time::Duration::from_millis(300),
+        ..Config::default()
+    };
+    let addr = start(config);
+    // A body declared as 700 KiB and not sent: its claim is held while the server waits
+    // for the rest.
+    use std::io::Write;
+    let mut holder = std::net::TcpStream::connect(addr).unwrap();
+    holder
+        .write_all(b"POST /v1/segment HTTP/1.1\r\nHost: cutout\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: 716800\r\n\r\n--x\r\n")
+        .unwrap();
+    wait_for_memory(addr, "held the body's claim", |bytes| bytes >= 700 << 10);
+
+    // A photo's body fits beside it, but its pixels and the model's forward (all of the
+    // 1 MiB budget, the most one request is charged) do not.
+    let refused = curl(
+        addr,
+        "/v1/segment",
+        &["-F", &format!("image_file={}", photo())],
+    );
+    assert_eq!(
+        refused.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("memory for work in flight is full"),
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+
+    // The held body goes away (the client disconnects): its claim is given back.
+    drop(holder);
+    wait_for_memory(addr, "fell back to zero", |bytes| bytes == 0);
+    let served = curl(
+        addr,
+        "/v1/segment",
+        &["-F", &format!("image_file={}", photo())],
+    );
+    assert_eq!(served.status, 200);
+    assert_eq!(memory_in_flight(addr), 0, "every claim is given back");
+}

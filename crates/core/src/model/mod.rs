@@ -91,6 +91,27 @@ pub struct ModelSpec {
     pub std: [f32; 3],
 }
 
+impl ModelSpec {
+    /// Memory one image's forward needs beyond the loaded model (activations and the
+    /// backend's buffers), for the server's memory budget. u2netp's is measured: `cutout
+    /// serve` on flex, VmHWM after /v1/segment requests on a 0.24 MP photo minus the idle
+    /// VmRSS (316 − 120 MB, rounded up). BiRefNet's follows its measured ~3 GB peak at 1024²
+    /// on the CPU (benches/README.md). u2net's and IS-Net's are estimates from their widths
+    /// (u2net: 4× u2netp's channels; IS-Net: 64-channel maps at 512²), rounded up. Each
+    /// scales with the input's pixels (the 2K BiRefNet: 4×).
+    pub fn forward_bytes(&self) -> u64 {
+        const MIB: u64 = 1 << 20;
+        let (bytes, side) = match (self.architecture, self.name) {
+            (Architecture::U2Net, "u2netp") => (192 * MIB, 320),
+            (Architecture::U2Net, _) => (768 * MIB, 320),
+            (Architecture::IsNet, _) => (1536 * MIB, 1024),
+            (Architecture::BiRefNet, _) => (3072 * MIB, 1024),
+        };
+        let scale = (self.input_size * self.input_size) as f64 / (side * side) as f64;
+        (bytes as f64 * scale.max(1.0)) as u64
+    }
+}
+
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// IS-Net's, from its repository (DIS) as rembg uses them.
