@@ -69,6 +69,9 @@ pub enum Error {
     /// The device refused work cutout gave it: a bug in cutout, not in the request.
     #[error("the GPU refused the work: {0}")]
     Device(String),
+    /// The renderer panicked on this job's batch (a bug in cutout); the worker carried on.
+    #[error("the renderer failed unexpectedly: {0}")]
+    Panicked(String),
     #[error(transparent)]
     Io(Arc<std::io::Error>),
 }

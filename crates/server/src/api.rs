@@ -922,6 +922,7 @@ mod tests {
                 None,
             ),
             (Error::Encode("png".into()), 500, "internal_error", None),
+            (Error::Panicked("a bug".into()), 500, "internal_error", None),
         ];
         for (error, status, code, retry_after) in cases {
             let text = error.to_string();

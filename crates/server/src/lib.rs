@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 
 pub use fetch::FetchPolicy;
 pub use limit::{Clock, system_clock, unix_now};
-pub use queue::Batching;
+pub use queue::{Batching, WorkerHook, WorkerStage};
 
 pub struct Config {
     pub batching: Batching,
@@ -73,6 +73,8 @@ pub struct Config {
     pub admission_wait: Duration,
     /// The time credits and rate limits count months and minutes by.
     pub clock: Clock,
+    /// Called by the GPU workers before each job (tests inject faults with it); `None`.
+    pub worker_hook: Option<WorkerHook>,
 }
 
 impl Default for Config {
@@ -101,6 +103,7 @@ impl Default for Config {
             max_header_bytes: 64 * 1024,
             max_inflight_memory: 1536 << 20,
             admission_wait: Duration::from_secs(30),
+            worker_hook: None,
             cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             clock: system_clock(),
         }
@@ -140,7 +143,8 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let model = editor.remover().session().spec;
-    let (queue, worker) = queue::JobQueue::start(editor, config.batching.clone());
+    let (queue, worker) =
+        queue::JobQueue::start(editor, config.batching.clone(), config.worker_hook.clone());
     let accounts = config.store.clone().map(|store| {
         Arc::new(accounts::Accounts::new(
             store,

@@ -1242,3 +1242,54 @@ fn requests_past_the_memory_budget_wait_then_get_503() {
     assert_eq!(served.status, 200);
     assert_eq!(memory_in_flight(addr), 0, "every claim is given back");
 }
+
+/// A panic while rendering (injected through `Config::worker_hook`, as a bug would cause
+/// one) fails that request with 500 and the server carries on serving, in either worker
+/// thread.
+#[test]
+fn a_panic_in_the_renderer_fails_one_request_and_the_server_carries_on() {
+    use cutout_server::{WorkerHook, WorkerStage};
+    let hook: WorkerHook = std::sync::Arc::new(|stage, job| match (stage, job.image.width()) {
+        (WorkerStage::Segment, 13) => panic!("injected fault before the forward"),
+        (WorkerStage::Finish, 14) => panic!("injected fault before the effects"),
+        _ => {}
+    });
+    let addr = start(Config {
+        worker_hook: Some(hook),
+        ..Config::default()
+    });
+    let dir = std::env::temp_dir().join(format!("cutout-http-panic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let square = |side: u32| {
+        let path = dir.join(format!("{side}.png"));
+        image::RgbaImage::from_pixel(side, side, image::Rgba([200, 40, 40, 255]))
+            .save(&path)
+            .unwrap();
+        format!("image_file=@{}", path.display())
+    };
+    for side in [13, 14] {
+        let failed = curl(addr, "/v1/segment", &["-F", &square(side)]);
+        assert_eq!(
+            failed.status,
+            500,
+            "{side}: {}",
+            String::from_utf8_lossy(&failed.body)
+        );
+        assert!(
+            String::from_utf8_lossy(&failed.body).contains("injected fault"),
+            "{}",
+            String::from_utf8_lossy(&failed.body)
+        );
+        let served = curl(
+            addr,
+            "/v1/segment",
+            &["-F", &format!("image_file={}", photo())],
+        );
+        assert_eq!(served.status, 200, "served after the fault on {side}");
+        let small = curl(addr, "/v1/segment", &["-F", &square(15)]);
+        assert_eq!(small.status, 200);
+    }
+    let health = curl(addr, "/health", &[]);
+    assert_eq!(health.json()["queued"], 0, "no job left counted");
+    std::fs::remove_dir_all(&dir).ok();
+}
