@@ -166,3 +166,61 @@ fn watermark_is_the_documented_stripes_over_the_result() {
         "about a quarter of the picture is striped"
     );
 }
+
+/// The device work of an e-commerce edit (cut-out, white background, padding, soft shadow)
+/// for a batch of 4, with every operation on the device and the model on burn's wgpu
+/// backend: one command buffer for the batch's model input and one for its masks, then per
+/// image one up to the subject-box readback, one for the effects and one for the pixels'
+/// readback — counted by hand from `Editor::finish`; two readbacks per image (the box, the
+/// pixels). Before commands were held per thread every operation submitted its own.
+#[test]
+fn an_ecommerce_batch_submits_per_stage_not_per_operation() {
+    use cutout_core::model::{self, Session};
+    use cutout_core::ops::ImageOps;
+    use cutout_core::remove::Remover;
+
+    let spec = model::spec("u2netp").unwrap();
+    let bytes = model::load_bytes(spec, false).unwrap();
+    let session = Session::from_onnx(spec, &bytes, &gpu().burn_device).unwrap();
+    assert!(session.shares_buffers(), "the model on burn's wgpu backend");
+    let remover = Remover::with_ops(ImageOps::with_host_ops(gpu(), false), session);
+    let editor = Editor::new(remover);
+    let photo = decode(
+        &std::fs::read(fixture("images/coffee.jpg")).unwrap(),
+        DecodeLimits::default(),
+    )
+    .unwrap();
+    let job = || Job {
+        image: photo.clone(),
+        background: None,
+        edit: edit(&[
+            ("background.color", "FFFFFF"),
+            ("shadow.mode", "ai.soft"),
+            ("outputSize", "400x400"),
+            ("padding", "0.1"),
+        ]),
+    };
+    let jobs: Vec<Job> = (0..4).map(|_| job()).collect();
+    let before = editor.ops().counters();
+    let results = editor.render(&jobs);
+    let after = editor.ops().counters();
+    for result in &results {
+        assert_eq!(result.as_ref().unwrap().image.dimensions(), (400, 400));
+    }
+    let (submits, readbacks) = (
+        after.submits - before.submits,
+        after.readbacks - before.readbacks,
+    );
+    println!(
+        "batch of 4: {submits} submits, {readbacks} readbacks, {} bytes up, {} bytes back",
+        after.bytes_uploaded - before.bytes_uploaded,
+        after.bytes_read_back - before.bytes_read_back
+    );
+    assert_eq!(submits, 2 + 3 * 4);
+    assert_eq!(readbacks, 2 * 4);
+    assert_eq!(
+        after.bytes_read_back - before.bytes_read_back,
+        4 * (24 + 400 * 400 * 4),
+        "the box's six counters and the result's pixels, nothing else"
+    );
+}

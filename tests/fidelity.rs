@@ -216,6 +216,8 @@ fn normalised_planes_land_in_the_model_input_tensor() {
         input.range(planes as u64, planes as u64),
     )
     .unwrap();
+    // Recorded, not yet submitted: burn reads the tensor once the planes are flushed.
+    ops.flush();
     let values: Vec<f32> = input.into_tensor().into_data().try_to_vec::<f32>().unwrap();
     assert!(values[..planes].iter().all(|&v| v == 0.0));
     assert_eq!(max_abs_diff(&values[planes..], &on_host), 0.0);

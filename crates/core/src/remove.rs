@@ -53,6 +53,11 @@ impl Remover {
         if ops.on_host() {
             log::info!("model input, masks, placement and compositing on the CPU (ops::cpu)");
         }
+        Self::with_ops(ops, session)
+    }
+
+    /// With operations placed as `ops` says (e.g. all on the device, to measure them).
+    pub fn with_ops(ops: ImageOps, session: Session) -> Self {
         Self { ops, session }
     }
 
@@ -150,6 +155,8 @@ impl Remover {
             let slot = input.range(i as u64 * planes, planes);
             self.ops.normalize_into(&small, spec.mean, spec.std, slot)?;
         }
+        // burn reads the input tensor on the same queue: the planes must be submitted first.
+        self.ops.flush();
         timings.add(Stage::Preprocess, start.elapsed());
 
         let start = Instant::now();
@@ -167,6 +174,9 @@ impl Remover {
                     .into())
             })
             .collect::<Result<Vec<_>>>()?;
+        // The masks are read by the next stage, on another thread: submitted here, with the
+        // forward's output they read (one submit for the batch's masks).
+        self.ops.flush();
         timings.add(Stage::Forward, start.elapsed());
         Ok(Some(masks))
     }

@@ -114,6 +114,8 @@ impl Editor {
                 }
             }
         }
+        // The next stage may run on another thread: what this one recorded is submitted.
+        ops.flush();
         Segmented {
             photos,
             masks,

@@ -113,6 +113,35 @@ pub struct ImageOps {
     refine: refine::Pipelines,
     compose: Kernel,
     on_host: bool,
+    /// Each thread's commands recorded since its last submit: operations append to them
+    /// and only a readback or [`ImageOps::flush`] submits, so a job's operations go to the
+    /// device in one command buffer.
+    pending:
+        std::sync::Mutex<std::collections::HashMap<std::thread::ThreadId, wgpu::CommandEncoder>>,
+    counters: Counters,
+}
+
+/// What cutout itself asked of the device (burn's own submissions are not counted).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceCounters {
+    /// Command buffers submitted.
+    pub submits: u64,
+    /// Buffers mapped to read results back.
+    pub readbacks: u64,
+    pub bytes_uploaded: u64,
+    pub bytes_read_back: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    submits: std::sync::atomic::AtomicU64,
+    readbacks: std::sync::atomic::AtomicU64,
+    bytes_uploaded: std::sync::atomic::AtomicU64,
+    bytes_read_back: std::sync::atomic::AtomicU64,
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64, by: u64) {
+    counter.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl ImageOps {
@@ -149,6 +178,8 @@ impl ImageOps {
             refine: refine::Pipelines::new(gpu, &refine),
             compose: pipeline(gpu, &compose, "main"),
             on_host,
+            pending: Default::default(),
+            counters: Counters::default(),
         }
     }
 
@@ -159,6 +190,17 @@ impl ImageOps {
 
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+
+    /// The device work cutout has asked for so far.
+    pub fn counters(&self) -> DeviceCounters {
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        DeviceCounters {
+            submits: read(&self.counters.submits),
+            readbacks: read(&self.counters.readbacks),
+            bytes_uploaded: read(&self.counters.bytes_uploaded),
+            bytes_read_back: read(&self.counters.bytes_read_back),
+        }
     }
 
     pub fn upload(&self, image: &image::RgbaImage) -> Result<GpuImage> {
@@ -172,6 +214,7 @@ impl ImageOps {
                 contents: image.as_raw(),
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             });
+        count(&self.counters.bytes_uploaded, image.as_raw().len() as u64);
         Ok(GpuImage {
             buffer,
             width,
@@ -287,9 +330,29 @@ impl ImageOps {
     /// Waits until the device has finished the work submitted so far (not work other
     /// threads submit while this one waits).
     pub fn finish(&self) -> Result<()> {
-        let submitted = self.gpu.queue.submit([]);
+        let submitted = self.flush();
         self.wait_for(submitted)
             .map_err(|e| Error::DeviceLost(e.to_string()))
+    }
+
+    /// Submits the commands this thread has recorded, if any (one command buffer), e.g.
+    /// before other code (burn, another thread) reads what they write.
+    pub fn flush(&self) -> wgpu::SubmissionIndex {
+        let pending = self.take_pending();
+        match pending {
+            Some(encoder) => self.submit_now(encoder),
+            None => self.gpu.queue.submit([]),
+        }
+    }
+
+    fn take_pending(&self) -> Option<wgpu::CommandEncoder> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.remove(&std::thread::current().id())
+    }
+
+    fn submit_now(&self, encoder: wgpu::CommandEncoder) -> wgpu::SubmissionIndex {
+        count(&self.counters.submits, 1);
+        self.gpu.queue.submit([encoder.finish()])
     }
 
     /// Runs `work` with the device's out-of-memory and validation errors caught as this
@@ -320,14 +383,20 @@ impl ImageOps {
             .map(|_| ())
     }
 
+    /// This thread's pending commands to record more into (see `pending`).
     fn encoder(&self) -> wgpu::CommandEncoder {
-        self.gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default())
+        self.take_pending().unwrap_or_else(|| {
+            self.gpu
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default())
+        })
     }
 
+    /// Keeps `encoder` as this thread's pending commands; they are submitted with the next
+    /// readback or flush.
     fn submit(&self, encoder: wgpu::CommandEncoder) {
-        self.gpu.queue.submit([encoder.finish()]);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.insert(std::thread::current().id(), encoder);
     }
 
     /// Copies `size` bytes of `buffer` back to the host, waiting for the device.
@@ -340,7 +409,9 @@ impl ImageOps {
         });
         let mut encoder = self.encoder();
         encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
-        let copied = self.gpu.queue.submit([encoder.finish()]);
+        let copied = self.submit_now(encoder);
+        count(&self.counters.readbacks, 1);
+        count(&self.counters.bytes_read_back, size);
         let slice = staging.slice(..);
         let (sender, receiver) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |result| {

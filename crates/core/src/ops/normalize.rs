@@ -29,7 +29,9 @@ impl ImageOps {
     }
 
     /// The model's input planes for one image, written into `target` on the device (3 ×
-    /// pixels f32 values, e.g. one image's slot in the model's input tensor).
+    /// pixels f32 values, e.g. one image's slot in the model's input tensor). Recorded with
+    /// this thread's pending commands: [`ImageOps::flush`] before anything else (burn)
+    /// reads `target`.
     pub fn normalize_into(
         &self,
         image: &GpuImage,
