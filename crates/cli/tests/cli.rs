@@ -166,59 +166,76 @@ fn curl_status(url: &str, args: &[&str]) -> u16 {
         .unwrap_or(0)
 }
 
+/// SIGTERM with 16 requests in flight: every one of them is answered 200, then the server
+/// exits cleanly and stops listening.
 #[test]
 fn sigterm_finishes_in_flight_requests_then_exits() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    const IN_FLIGHT: usize = 16;
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
+    let data = std::env::temp_dir().join(format!("cutout-cli-term-{}", std::process::id()));
     let mut server = cutout()
         .args([
             "serve",
             "--offline",
             "--no-auth",
+            // Room for all 16 at once (each is charged the model's forward), and one batch
+            // for all of them that starts once they are all queued (or after 2 s): no
+            // request finishes before the last one is queued.
+            "--max-inflight-memory",
+            "8192",
+            "--max-batch",
+            "16",
+            "--max-wait-ms",
+            "2000",
             "--addr",
             &format!("127.0.0.1:{port}"),
         ])
+        .env("XDG_DATA_HOME", &data)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let health = format!("{base}/health");
-    let started = std::time::Instant::now();
-    while curl_status(&health, &[]) != 200 {
-        assert!(started.elapsed().as_secs() < 60, "server did not start");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for("the server starts", 60, || curl_status(&health, &[]) == 200);
 
     let image = format!("image_file=@{}", photo("coffee.jpg").display());
     let segment = format!("{base}/v1/segment");
-    let in_flight = std::thread::spawn(move || curl_status(&segment, &["-F", &image]));
-    // Wait until the job is on the queue, then ask the server to stop.
+    let requests: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let (segment, image) = (segment.clone(), image.clone());
+            std::thread::spawn(move || curl_status(&segment, &["-F", &image]))
+        })
+        .collect();
+    // Wait until every job is on the queue or being rendered, then ask the server to stop.
     let queued = || {
-        let output = Command::new("curl").args(["-s", &health]).output().unwrap();
-        String::from_utf8_lossy(&output.stdout).contains("\"queued\":1")
+        let text = curl_text(&health, &[]);
+        text.split("\"queued\":")
+            .nth(1)
+            .and_then(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0usize)
     };
-    let waiting = std::time::Instant::now();
-    while !queued() {
-        assert!(waiting.elapsed().as_secs() < 30, "the request never queued");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_for("all requests queue", 120, || queued() >= IN_FLIGHT);
     let killed = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
 
+    let statuses: Vec<u16> = requests.into_iter().map(|r| r.join().unwrap()).collect();
     assert_eq!(
-        in_flight.join().unwrap(),
-        200,
-        "the in-flight request completes"
+        statuses,
+        vec![200; IN_FLIGHT],
+        "every in-flight request completes"
     );
     let status = server.wait().unwrap();
     assert!(status.success(), "exits cleanly: {status}");
     assert_eq!(curl_status(&health, &[]), 0, "no longer listening");
+    std::fs::remove_dir_all(&data).ok();
 }
 
 fn free_port() -> u16 {
