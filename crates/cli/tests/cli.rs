@@ -468,3 +468,116 @@ fn the_cli_and_the_server_give_the_same_pixels() {
     server.wait().unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Every file under `dir`, relative to it.
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut files: Vec<String> = walk(dir)
+        .into_iter()
+        .map(|path| path.strip_prefix(dir).unwrap().display().to_string())
+        .collect();
+    files.sort();
+    files
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// The server writes no image anywhere: after requests on every image route, with debug
+/// logging on, its working directory and temporary directory are empty and its data
+/// directory holds only the accounts database; the API key appears in no log line.
+#[test]
+fn the_server_writes_no_image_to_disk_and_logs_no_key() {
+    use std::io::BufRead;
+    let root = std::env::temp_dir().join(format!("cutout-cli-disk-{}", std::process::id()));
+    std::fs::remove_dir_all(&root).ok();
+    let (cwd, tmp, data) = (root.join("cwd"), root.join("tmp"), root.join("data"));
+    for dir in [&cwd, &tmp, &data] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let log = root.join("log");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = cutout()
+        .args(["serve", "--offline", "--addr", &format!("127.0.0.1:{port}")])
+        .current_dir(&cwd)
+        .env("TMPDIR", &tmp)
+        .env("XDG_DATA_HOME", &data)
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let mut key = String::new();
+    stdout.read_line(&mut key).unwrap();
+    let key = key.trim().to_string();
+    let health = format!("{base}/health");
+    wait_for("the server starts", 60, || curl_status(&health, &[]) == 200);
+
+    let header = format!("x-api-key: {key}");
+    let photo = photo("coffee.jpg");
+    let routes: [(&str, String, &[&str]); 4] = [
+        (
+            "/v1/segment",
+            format!("image_file=@{}", photo.display()),
+            &[],
+        ),
+        (
+            "/v2/edit",
+            format!("imageFile=@{}", photo.display()),
+            &["background.color=FFFFFF", "shadow.mode=ai.soft"],
+        ),
+        (
+            "/v1.0/removebg",
+            format!("image_file=@{}", photo.display()),
+            &["format=zip"],
+        ),
+        (
+            "/v1/remove-background",
+            format!("image=@{}", photo.display()),
+            &["format=webp"],
+        ),
+    ];
+    for (route, image, fields) in routes {
+        let mut args = vec!["-H", &header, "-F", &image];
+        for field in fields {
+            args.extend(["-F", field]);
+        }
+        assert_eq!(
+            curl_status(&format!("{base}{route}"), &args),
+            200,
+            "{route}"
+        );
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    assert_eq!(files_under(&cwd), Vec::<String>::new(), "working directory");
+    assert_eq!(
+        files_under(&tmp),
+        Vec::<String>::new(),
+        "temporary directory"
+    );
+    for file in files_under(&data) {
+        assert!(
+            file.starts_with("cutout/cutout.db"),
+            "only the accounts database in the data directory: {file}"
+        );
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("DEBUG"), "debug logging was on");
+    assert!(!logged.contains(&key), "the key is never logged");
+    std::fs::remove_dir_all(&root).ok();
+}
