@@ -245,3 +245,32 @@ fn an_unreadable_profile_is_ignored() {
         assert_eq!(got.0[..3], want.0);
     }
 }
+
+/// Cut inside its compressed data, a JPEG or WebP is refused: the codecs would fill the rest
+/// with grey and report success (the 4,000-byte JPEG was answered 200).
+#[test]
+fn images_cut_inside_their_data_are_refused() {
+    let jpeg = std::fs::read(fixture("images/chelsea.jpg")).unwrap();
+    for cut in [4000, 623, jpeg.len() - 2] {
+        let error = decode(&jpeg[..cut], DecodeLimits::default()).unwrap_err();
+        assert!(
+            matches!(&error, Error::Decode(why) if why.contains("truncated")),
+            "cut to {cut}: {error:?}"
+        );
+    }
+    let webp = std::fs::read(fixture("decode/blocks.webp")).unwrap();
+    let error = decode(&webp[..webp.len() - 1], DecodeLimits::default()).unwrap_err();
+    assert!(matches!(error, Error::Decode(_)), "{error:?}");
+}
+
+/// A WebP whose frame claims to be larger than its canvas is refused before the codec
+/// allocates for the frame (found by tests/fuzz.rs: 400 MB for a 1.5 KB file).
+#[test]
+fn a_webp_frame_larger_than_its_canvas_is_refused() {
+    let bytes = std::fs::read(fixture("fuzz/webp/f267cffb2b8eab55")).unwrap();
+    let error = decode(&bytes, DecodeLimits::default()).unwrap_err();
+    assert!(
+        matches!(&error, Error::Decode(why) if why.contains("9312x11776 frame in a 96x64")),
+        "{error:?}"
+    );
+}

@@ -1,5 +1,5 @@
 //! Project tasks: `cargo xtask test`, `cargo xtask cutout ARGS…`, `cargo xtask gallery`,
-//! `cargo xtask fixtures`.
+//! `cargo xtask fixtures`, `cargo xtask fuzz --minutes N`.
 //! `test` and `cutout` first make sure a Vulkan driver exists, installing Mesa's software
 //! one (lavapipe) on Debian/Ubuntu when there is none, so they work on a fresh machine.
 
@@ -35,8 +35,11 @@ fn main() -> ExitCode {
         }),
         Some("cutout") => ensure_vulkan().and_then(|_| cutout(&args[1..])),
         Some("fixtures") => fixtures(),
+        Some("fuzz") => fuzz(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test [ARGS] | cutout ARGS | gallery | fixtures");
+            eprintln!(
+                "usage: cargo xtask test [ARGS] | cutout ARGS | gallery | fixtures | fuzz [--minutes N]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -47,6 +50,47 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask fuzz --minutes N` (default 10): the property tests of `tests/fuzz.rs`, round
+/// after round with a fresh seed and 50 times the cases of `cargo test`, until the time is up.
+/// A failing input is shrunk and saved under `tests/fixtures/fuzz/TARGET/`, where every later
+/// `cargo test` replays it; commit it with the fix.
+fn fuzz(args: &[String]) -> anyhow::Result<()> {
+    let minutes: u64 = match args {
+        [] => 10,
+        [flag, n] if flag == "--minutes" => n.parse().context("--minutes takes a number")?,
+        _ => bail!("usage: cargo xtask fuzz [--minutes N]"),
+    };
+    // The whole workspace's feature set, as `cargo xtask test` builds: no second build.
+    cargo(&["build", "--quiet", "--workspace", "--all-targets"], &[])?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(minutes * 60);
+    let mut seed: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut rounds = 0;
+    while std::time::Instant::now() < deadline {
+        eprintln!(
+            "xtask: fuzz round {} with CUTOUT_FUZZ_SEED={seed}",
+            rounds + 1
+        );
+        let status = cargo_command()
+            .args(["test", "--quiet", "--workspace", "--test", "fuzz"])
+            .env("CUTOUT_FUZZ_SEED", seed.to_string())
+            .env("CUTOUT_FUZZ_SCALE", "50")
+            .env("CUTOUT_FUZZ_SAVE", "1")
+            .status()
+            .context("cargo test --test fuzz")?;
+        if !status.success() {
+            bail!("fuzz round with CUTOUT_FUZZ_SEED={seed} failed; the input is saved above");
+        }
+        rounds += 1;
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+    }
+    eprintln!("xtask: {rounds} fuzz rounds passed in {minutes} minutes");
+    Ok(())
 }
 
 /// The cargo that runs this xtask, so `cargo +toolchain xtask` stays on that toolchain.

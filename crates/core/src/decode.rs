@@ -13,6 +13,9 @@ use crate::error::{Error, Result};
 /// Largest image accepted, in pixels (25 MP, the PhotoRoom limit).
 pub const DEFAULT_MAX_PIXELS: u64 = 25_000_000;
 
+/// Longest side accepted: JPEG's own limit, and what the device addresses in one dispatch.
+pub const MAX_SIDE: u32 = 65_535;
+
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
     pub max_pixels: u64,
@@ -50,11 +53,27 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage> {
         None if is_heif(bytes) => return Err(Error::UnsupportedFormat("HEIC/HEIF")),
         None => return Err(Error::Decode("not a JPEG, PNG or WebP image".into())),
     }
+    let format = reader.format();
+    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_has_end(bytes) {
+        return Err(Error::Decode(
+            "the JPEG is truncated: its image data has no end-of-image marker".into(),
+        ));
+    }
+    if reader.format() == Some(ImageFormat::WebP) && !riff_is_complete(bytes) {
+        return Err(Error::Decode(
+            "the WebP is truncated: it is shorter than its RIFF header says".into(),
+        ));
+    }
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| Error::Decode(e.to_string()))?;
     let (width, height) = decoder.dimensions();
     let pixels = width as u64 * height as u64;
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(Error::TooLarge(format!(
+            "{width}x{height} is wider or taller than {MAX_SIDE} pixels"
+        )));
+    }
     if pixels > limits.max_pixels {
         return Err(Error::TooLarge(format!(
             "{width}x{height} is {pixels} pixels, the limit is {}",
@@ -67,6 +86,9 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage> {
     decoder
         .set_limits(decoder_limits)
         .map_err(|e| Error::TooLarge(e.to_string()))?;
+    if format == Some(ImageFormat::WebP) {
+        webp_frames_within(bytes, width, height)?;
+    }
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -117,6 +139,97 @@ fn into_srgb(image: &mut RgbaImage, icc: &[u8]) {
         log::warn!("ignoring an ICC profile whose transform failed: {e}");
         image.copy_from_slice(&source);
     }
+}
+
+/// Whether the JPEG's compressed data is followed by its end-of-image marker. The decoder
+/// fills whatever is missing from a cut-off file with grey and reports success, so the
+/// marker is looked for here (as Pillow refuses truncated files): the segments before the
+/// first scan are skipped by their lengths (an EXIF thumbnail there has an end marker of its
+/// own), then the marker is searched for in the rest, where the encoder escapes every 0xFF
+/// data byte, so it cannot occur by chance.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let mut at = 2; // after SOI
+    while at + 4 <= bytes.len() {
+        if bytes[at] != 0xff {
+            return false;
+        }
+        let marker = bytes[at + 1];
+        if marker == 0xff {
+            at += 1; // fill byte
+            continue;
+        }
+        let length = u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
+        at += 2 + length;
+        if marker == 0xda {
+            // Start of scan: the entropy-coded data (and any later scans) follow.
+            return bytes
+                .get(at..)
+                .is_some_and(|rest| rest.windows(2).any(|w| w == [0xff, 0xd9]));
+        }
+    }
+    false
+}
+
+/// Whether a RIFF file (WebP) holds all the bytes its header declares: the lossy decoder
+/// too fills a cut-off picture in silently.
+fn riff_is_complete(bytes: &[u8]) -> bool {
+    bytes.len() >= 12
+        && u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as u64 + 8
+            <= bytes.len() as u64
+}
+
+/// Checks that every frame bitstream in a WebP fits its canvas (`width` x `height`, already
+/// checked against the limits). The codec sizes its buffers by the frame's own header, not
+/// the canvas, and outside the allocation limit it is given: a 1.5 KB file whose frame
+/// claims 16383x16383 made it allocate 400 MB (found by tests/fuzz.rs).
+fn webp_frames_within(bytes: &[u8], width: u32, height: u32) -> Result<()> {
+    fn chunks(mut data: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+        std::iter::from_fn(move || {
+            let header = data.get(..8)?;
+            let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+            let body = data.get(8..8 + len).unwrap_or(&data[8..]);
+            let (id, next) = (&header[..4], (8 + len + (len & 1)).min(data.len()));
+            data = &data[next..];
+            Some((id, body))
+        })
+    }
+    fn check(id: &[u8], body: &[u8], width: u32, height: u32) -> Result<()> {
+        let u24 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], 0]);
+        let frame = match id {
+            b"VP8 " if body.len() >= 10 => Some((
+                u16::from_le_bytes([body[6], body[7]]) as u32 & 0x3fff,
+                u16::from_le_bytes([body[8], body[9]]) as u32 & 0x3fff,
+            )),
+            b"VP8L" if body.len() >= 5 => {
+                let bits = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
+                Some((1 + (bits & 0x3fff), 1 + ((bits >> 14) & 0x3fff)))
+            }
+            b"ANMF" if body.len() >= 16 => {
+                let (w, h) = (1 + u24(&body[6..9]), 1 + u24(&body[9..12]));
+                if w > width || h > height {
+                    return Err(too_big(w, h, width, height));
+                }
+                for (id, inner) in chunks(&body[16..]) {
+                    check(id, inner, w, h)?;
+                }
+                None
+            }
+            _ => None,
+        };
+        match frame {
+            Some((w, h)) if w > width || h > height => Err(too_big(w, h, width, height)),
+            _ => Ok(()),
+        }
+    }
+    fn too_big(w: u32, h: u32, width: u32, height: u32) -> Error {
+        Error::Decode(format!(
+            "the WebP is corrupt: a {w}x{h} frame in a {width}x{height} image"
+        ))
+    }
+    for (id, body) in chunks(bytes.get(12..).unwrap_or_default()) {
+        check(id, body, width, height)?;
+    }
+    Ok(())
 }
 
 /// An ISO-BMFF `ftyp` box with a HEIF brand (iPhone photos are HEIC).

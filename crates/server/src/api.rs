@@ -383,7 +383,8 @@ async fn render(
     let pixels = |bytes: &Bytes| {
         cutout_core::decode::dimensions(bytes).map_or(0, |(w, h)| w as u64 * h as u64)
     };
-    let pixels = pixels(&image) + background.as_ref().map_or(0, pixels);
+    let pixels =
+        pixels(&image) + background.as_ref().map_or(0, pixels) + edit.fixed_canvas_pixels();
     let needed = MemoryBudget::image_bytes(pixels, state.model);
     let _memory = state
         .memory

@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
+use hyper::Request;
 use hyper::body::Incoming;
-use hyper::{HeaderMap, Request};
 
 #[derive(Debug, Default)]
 pub struct Form {
@@ -112,14 +112,16 @@ pub async fn read_form(
             )));
         }
     }
-    parse(&parts.headers, Bytes::from(bytes)).await
-}
-
-async fn parse(headers: &HeaderMap, bytes: Bytes) -> Result<Form, BodyError> {
-    let content_type = headers
+    let content_type = parts
+        .headers
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    parse(content_type, Bytes::from(bytes)).await
+}
+
+/// A whole body, read, into fields and files by its content type.
+pub async fn parse(content_type: &str, bytes: Bytes) -> Result<Form, BodyError> {
     let mime = content_type
         .split(';')
         .next()

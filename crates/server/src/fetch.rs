@@ -81,17 +81,7 @@ impl Resolver for CheckedResolver {
 
 /// Blocking: run it on a blocking thread.
 pub fn fetch(url: &str, policy: &FetchPolicy) -> Result<Vec<u8>, FetchError> {
-    let parsed: ureq::http::Uri = url
-        .parse()
-        .map_err(|_| FetchError::Refused(format!("'{url}' is not a valid URL")))?;
-    match parsed.scheme_str() {
-        Some("http" | "https") => {}
-        _ => {
-            return Err(FetchError::Refused(
-                "only http and https URLs can be fetched".into(),
-            ));
-        }
-    }
+    check_url(url)?;
     let config = ureq::Agent::config_builder()
         .proxy(None)
         .timeout_connect(Some(policy.connect_timeout))
@@ -129,12 +119,35 @@ pub fn fetch(url: &str, policy: &FetchPolicy) -> Result<Vec<u8>, FetchError> {
         })
 }
 
-/// Not loopback, private, link-local (cloud metadata lives there), shared, multicast,
-/// documentation or otherwise reserved.
+/// The checks made before any connection: a valid absolute http(s) URL with a host.
+/// Addresses are checked later, after resolution.
+pub fn check_url(url: &str) -> Result<ureq::http::Uri, FetchError> {
+    let parsed: ureq::http::Uri = url
+        .parse()
+        .map_err(|_| FetchError::Refused(format!("'{url}' is not a valid URL")))?;
+    match parsed.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(FetchError::Refused(
+                "only http and https URLs can be fetched".into(),
+            ));
+        }
+    }
+    if parsed.host().is_none_or(str::is_empty) {
+        return Err(FetchError::Refused(format!("'{url}' names no host")));
+    }
+    Ok(parsed)
+}
+
+/// Whether `ip` may be fetched: not loopback, private, link-local (cloud metadata lives
+/// there), shared, multicast, documentation, benchmarking or otherwise reserved — every
+/// block of IANA's IPv4 and IPv6 special-purpose registries not marked globally reachable,
+/// plus multicast. Addresses that embed an IPv4 address (IPv4-mapped, NAT64) are judged by
+/// it; deprecated and tunnelling ranges (IPv4-compatible, 6to4, site-local) are refused.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -144,22 +157,32 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0)
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 192 && b == 88 && c == 99)
                 || (a == 198 && (18..20).contains(&b))
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
+            let s = v6.segments();
+            let embedded_v4 = || {
+                let [.., hi, lo] = s;
+                IpAddr::V4(std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32))
+            };
+            if v6.to_ipv4_mapped().is_some() || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]) {
+                return is_public(embedded_v4());
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8
-                || first == 0x0064 && v6.segments()[1] == 0xff9b)
+            !(s[..6] == [0; 6] // ::/96: unspecified, loopback, IPv4-compatible
+                || (s[0] == 0x0064 && s[1] == 0xff9b) // the rest of NAT64's /32, local-use
+                || s[..4] == [0x0100, 0, 0, 0] // discard-only
+                || (s[0] == 0x2001 && s[1] < 0x0200) // IETF protocol assignments (/23)
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || s[0] == 0x2002 // 6to4
+                || (s[0] == 0x3fff && s[1] < 0x1000) // documentation (3fff::/20)
+                || s[0] == 0x5f00 // segment routing
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || (s[0] & 0xff00) == 0xff00) // multicast
         }
     }
 }

@@ -52,7 +52,8 @@ impl MemoryBudget {
     }
 
     /// Bytes a request needs once its image is known, beyond its body: the pixels of its
-    /// image and background (`BYTES_PER_PIXEL` each) and one forward of `model`.
+    /// image, background and a canvas it names (`BYTES_PER_PIXEL` each) and one forward of
+    /// `model`.
     pub fn image_bytes(pixels: u64, model: &cutout_core::model::ModelSpec) -> u64 {
         pixels * BYTES_PER_PIXEL + model.forward_bytes()
     }

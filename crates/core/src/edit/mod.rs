@@ -243,6 +243,11 @@ impl std::fmt::Display for FieldError {
 
 impl std::error::Error for FieldError {}
 
+/// The largest result canvas a request may ask for: 36 MP, PhotoRoom's largest size preset
+/// (`size=full`), and a side the device can address in one dispatch.
+pub const MAX_CANVAS_PIXELS: u64 = 36_000_000;
+pub const MAX_CANVAS_SIDE: u32 = 65_535;
+
 impl Edit {
     /// Checks ranges and combinations; the error names the PhotoRoom v2 field.
     pub fn validate(&self) -> Result<(), FieldError> {
@@ -280,13 +285,24 @@ impl Edit {
             for (side, padding) in canvas.padding.named("padding") {
                 check_spacing(&side, padding)?;
             }
-            if let OutputSize::Exact(w, h) = canvas.output_size
-                && (w == 0 || h == 0)
-            {
-                return Err(FieldError::new(
-                    "outputSize",
-                    "width and height must be > 0",
-                ));
+            if let OutputSize::Exact(w, h) = canvas.output_size {
+                if w == 0 || h == 0 {
+                    return Err(FieldError::new(
+                        "outputSize",
+                        "width and height must be > 0",
+                    ));
+                }
+                if w > MAX_CANVAS_SIDE
+                    || h > MAX_CANVAS_SIDE
+                    || w as u64 * h as u64 > MAX_CANVAS_PIXELS
+                {
+                    return Err(FieldError::new(
+                        "outputSize",
+                        format!(
+                            "{w}x{h} is larger than the largest output: {MAX_CANVAS_PIXELS} pixels, {MAX_CANVAS_SIDE} on a side"
+                        ),
+                    ));
+                }
             }
             let capped = canvas.max_width.is_some() || canvas.max_height.is_some();
             if capped
@@ -324,6 +340,19 @@ impl Edit {
             return Err(FieldError::new("size", "must allow at least one pixel"));
         }
         Ok(())
+    }
+
+    /// Pixels of the canvas the request names outright (`outputSize=WxH`), which a small
+    /// input can ask for; 0 when the canvas follows the input's size (never larger than it
+    /// plus its margins).
+    pub fn fixed_canvas_pixels(&self) -> u64 {
+        match &self.layout {
+            Layout::Canvas(CanvasLayout {
+                output_size: OutputSize::Exact(w, h),
+                ..
+            }) => *w as u64 * *h as u64,
+            _ => 0,
+        }
     }
 
     /// Whether the result can have transparent pixels (decides remove.bg's `format=auto`).
