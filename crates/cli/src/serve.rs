@@ -24,6 +24,9 @@ pub struct ServeArgs {
     /// Most images segmented in one batch.
     #[arg(long, default_value_t = 8)]
     max_batch: usize,
+    /// Most input megapixels segmented in one batch (a larger photo is a batch of its own).
+    #[arg(long, default_value_t = 25.0)]
+    max_batch_megapixels: f64,
     /// Milliseconds a request waits for others to batch with.
     #[arg(long, default_value_t = 5)]
     max_wait_ms: u64,
@@ -158,10 +161,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..Config::default()
     };
     config.batching.max_batch = args.max_batch.max(1);
+    config.batching.max_batch_pixels = (args.max_batch_megapixels * 1e6) as u64;
     config.batching.max_wait = Duration::from_millis(args.max_wait_ms);
     config.batching.capacity = args.queue.max(1);
     config.fetch.allow_private = args.allow_private_urls;
     config.decode.max_pixels = (args.max_megapixels * 1e6) as u64;
+    // The model file is cached (or embedded) by now: reopening never downloads.
+    let model = args.model.clone();
+    config.reopen = Some(std::sync::Arc::new(move || {
+        Editor::load(&Gpu::from_env()?, &model, false)
+    }));
 
     runtime.block_on(async move {
         let server = cutout_server::start(args.addr, editor, config).await?;

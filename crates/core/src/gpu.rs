@@ -2,6 +2,7 @@
 //! burn's wgpu backend for the model.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
 
@@ -64,6 +65,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     /// burn's wgpu runtime registered on `device`/`queue` (not a second device).
     pub burn_device: burn::tensor::Device,
+    /// Why the device was lost (driver reset, GPU removed, `destroy`), once it is.
+    lost: Arc<OnceLock<String>>,
 }
 
 impl fmt::Debug for Gpu {
@@ -84,6 +87,12 @@ impl Gpu {
 
     pub fn new(preference: DevicePreference) -> Result<Self> {
         pollster::block_on(Self::open(preference))
+    }
+
+    /// Why the device was lost, if it was: nothing submitted to it will run again, and
+    /// only a new `Gpu` (and everything made on it) recovers.
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.get().map(String::as_str)
     }
 
     /// True when the adapter is a real GPU rather than a CPU rasteriser.
@@ -160,6 +169,19 @@ impl Gpu {
             .init()
             .map_err(|e| Error::NoAdapter(format!("burn could not use {}: {e}", info.name)))?;
 
+        // After burn's initialisation, so that this callback is the one the device keeps.
+        let lost = Arc::new(OnceLock::new());
+        let record = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if matches!(
+                reason,
+                wgpu::DeviceLostReason::Unknown | wgpu::DeviceLostReason::Destroyed
+            ) {
+                log::error!("the GPU device was lost ({reason:?}): {message}");
+                let _ = record.set(format!("{reason:?}: {message}"));
+            }
+        });
+
         log::info!(
             "device: {} ({:?}, {:?}, driver {} {})",
             info.name,
@@ -173,6 +195,7 @@ impl Gpu {
             queue,
             info,
             burn_device,
+            lost,
         })
     }
 }

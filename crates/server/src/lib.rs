@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 
 pub use fetch::FetchPolicy;
 pub use limit::{Clock, system_clock, unix_now};
-pub use queue::{Batching, WorkerHook, WorkerStage};
+pub use queue::{Batching, Reopen, WorkerHook, WorkerStage};
 
 pub struct Config {
     pub batching: Batching,
@@ -75,6 +75,9 @@ pub struct Config {
     pub clock: Clock,
     /// Called by the GPU workers before each job (tests inject faults with it); `None`.
     pub worker_hook: Option<WorkerHook>,
+    /// Opens a new device and model when the device is lost; `None`: requests get 503 until
+    /// the server is restarted.
+    pub reopen: Option<Reopen>,
 }
 
 impl Default for Config {
@@ -82,6 +85,7 @@ impl Default for Config {
         Self {
             batching: Batching {
                 max_batch: 8,
+                max_batch_pixels: 25_000_000,
                 max_wait: Duration::from_millis(5),
                 capacity: 64,
             },
@@ -104,6 +108,7 @@ impl Default for Config {
             max_inflight_memory: 1536 << 20,
             admission_wait: Duration::from_secs(30),
             worker_hook: None,
+            reopen: None,
             cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             clock: system_clock(),
         }
@@ -143,8 +148,12 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let model = editor.remover().session().spec;
-    let (queue, worker) =
-        queue::JobQueue::start(editor, config.batching.clone(), config.worker_hook.clone());
+    let (queue, worker) = queue::JobQueue::start(
+        editor,
+        config.reopen.clone(),
+        config.batching.clone(),
+        config.worker_hook.clone(),
+    );
     let accounts = config.store.clone().map(|store| {
         Arc::new(accounts::Accounts::new(
             store,

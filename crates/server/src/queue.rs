@@ -6,11 +6,13 @@
 //! batch k+1's forward overlaps batch k's effects, with at most one segmented batch waiting
 //! between them. The queue is bounded: a full queue is reported at once, never waited on.
 //! A panic while rendering a batch fails that batch's jobs (500) and the threads carry on
-//! with the next one: one bad image never takes the server down.
+//! with the next one: one bad image never takes the server down. When the device is lost,
+//! the batch's jobs fail as `DeviceLost` (503) and the effects thread opens a new device and
+//! model ([`Reopen`]); the batches after it run on those.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use cutout_core::edit::{EditOutput, Editor, Job, Segmented};
@@ -21,6 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 pub struct Batching {
     /// Most jobs rendered together.
     pub max_batch: usize,
+    /// Most input pixels rendered together: a batch's device and host memory grow with its
+    /// pixels, not its count (one 25 MP photo is a batch of its own).
+    pub max_batch_pixels: u64,
     /// How long the first job of a batch waits for company.
     pub max_wait: Duration,
     /// Jobs waiting for the model thread, beyond the batches it and the effects thread hold
@@ -40,8 +45,53 @@ pub enum WorkerStage {
 }
 
 /// Called by the worker threads before they work on each job: tests inject faults with it
-/// (a panic, as a bug would cause) to check that the server survives them.
-pub type WorkerHook = Arc<dyn Fn(WorkerStage, &Job) + Send + Sync>;
+/// (a panic, as a bug would cause; a lost device) to check that the server survives them.
+pub type WorkerHook = Arc<dyn Fn(WorkerStage, &Job, &Editor) + Send + Sync>;
+
+/// Opens a new device and loads the model on it, after the device was lost.
+pub type Reopen = Arc<dyn Fn() -> cutout_core::Result<Editor> + Send + Sync>;
+
+/// The editor the next batch runs on, replaced when its device is lost.
+struct Current {
+    editor: RwLock<Arc<Editor>>,
+    reopen: Option<Reopen>,
+    /// Held while reopening, so the two threads never reopen twice for one loss.
+    reopening: Mutex<()>,
+}
+
+impl Current {
+    fn get(&self) -> Arc<Editor> {
+        self.editor
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces `lost` (if it is still the current editor) with a new one.
+    fn recover(&self, lost: &Arc<Editor>, why: &str) {
+        let _reopening = self.reopening.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&self.get(), lost) {
+            return;
+        }
+        let Some(reopen) = &self.reopen else {
+            log::error!("the device was lost ({why}) and this server cannot reopen it");
+            return;
+        };
+        log::warn!("the device was lost ({why}): opening a new device and model");
+        let started = Instant::now();
+        match catch_unwind(AssertUnwindSafe(|| reopen())) {
+            Ok(Ok(editor)) => {
+                *self.editor.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(editor);
+                log::warn!(
+                    "recovered: a new device and model in {:.1?}",
+                    started.elapsed()
+                );
+            }
+            Ok(Err(e)) => log::error!("reopening the device failed (next batch retries): {e}"),
+            Err(_) => log::error!("reopening the device panicked (next batch retries)"),
+        }
+    }
+}
 
 /// The message of a panic's payload (`panic!` with a literal or a format).
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
@@ -55,9 +105,15 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 /// A job, when it was queued, and where its result goes.
 type Queued = (Job, Instant, Reply);
 
-/// A batch between the two threads: its jobs, the model's results, when they were ready,
-/// and each job's queue wait and reply.
-type SegmentedBatch = (Vec<Job>, Segmented, Instant, Vec<(Duration, Reply)>);
+/// A batch between the two threads: its editor, its jobs, the model's results, when they
+/// were ready, and each job's queue wait and reply.
+type SegmentedBatch = (
+    Arc<Editor>,
+    Vec<Job>,
+    Segmented,
+    Instant,
+    Vec<(Duration, Reply)>,
+);
 
 #[derive(Clone)]
 pub struct JobQueue {
@@ -79,12 +135,17 @@ impl JobQueue {
     /// queue is drained. The handle returned finishes after both.
     pub fn start(
         editor: Editor,
+        reopen: Option<Reopen>,
         batching: Batching,
         hook: Option<WorkerHook>,
     ) -> (Self, std::thread::JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(batching.capacity.max(1));
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let editor = Arc::new(editor);
+        let editor = Arc::new(Current {
+            editor: RwLock::new(Arc::new(editor)),
+            reopen,
+            reopening: Mutex::new(()),
+        });
         let (segmented, to_finish) = std::sync::mpsc::sync_channel::<SegmentedBatch>(1);
         let effects = {
             let (editor, in_flight, hook) = (editor.clone(), in_flight.clone(), hook.clone());
@@ -140,30 +201,54 @@ impl JobQueue {
     }
 }
 
+/// A batch: `first`, then the jobs that arrive within `max_wait`, up to `max_batch` jobs and
+/// `max_batch_pixels` input pixels. A job that would pass the pixel limit is `carried` to
+/// start the next batch.
+fn collect_batch(
+    first: Queued,
+    receiver: &mut mpsc::Receiver<Queued>,
+    batching: &Batching,
+    carried: &mut Option<Queued>,
+) -> Vec<Queued> {
+    let pixels = |queued: &Queued| queued.0.image.width() as u64 * queued.0.image.height() as u64;
+    let mut total = pixels(&first);
+    let mut batch = vec![first];
+    let deadline = Instant::now() + batching.max_wait;
+    while batch.len() < batching.max_batch {
+        match receiver.try_recv() {
+            Ok(job) if total + pixels(&job) > batching.max_batch_pixels => {
+                *carried = Some(job);
+                break;
+            }
+            Ok(job) => {
+                total += pixels(&job);
+                batch.push(job);
+            }
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        }
+    }
+    batch
+}
+
 fn segment_batches(
-    editor: &Editor,
+    current: &Current,
     mut receiver: mpsc::Receiver<Queued>,
     batching: &Batching,
     segmented: std::sync::mpsc::SyncSender<SegmentedBatch>,
     in_flight: &AtomicUsize,
     hook: Option<&WorkerHook>,
 ) {
-    while let Some(first) = receiver.blocking_recv() {
-        let mut batch = vec![first];
-        let deadline = Instant::now() + batching.max_wait;
-        while batch.len() < batching.max_batch {
-            match receiver.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
-                    }
-                    std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-            }
-        }
+    let mut carried = None;
+    while let Some(first) = carried.take().or_else(|| receiver.blocking_recv()) {
+        let batch = collect_batch(first, &mut receiver, batching, &mut carried);
+        let editor = current.get();
         let started = Instant::now();
         let (jobs, waits_and_replies): (Vec<Job>, Vec<(Duration, Reply)>) = batch
             .into_iter()
@@ -172,7 +257,8 @@ fn segment_batches(
         log::debug!("segmenting a batch of {}", jobs.len());
         let result = catch_unwind(AssertUnwindSafe(|| {
             if let Some(hook) = hook {
-                jobs.iter().for_each(|job| hook(WorkerStage::Segment, job));
+                jobs.iter()
+                    .for_each(|job| hook(WorkerStage::Segment, job, &editor));
             }
             editor.segment(&jobs)
         }));
@@ -181,16 +267,24 @@ fn segment_batches(
             Err(payload) => {
                 let message = panic_message(payload);
                 log::error!("segmenting a batch of {} panicked: {message}", jobs.len());
+                let lost = editor.ops().gpu().lost();
+                let error = match lost {
+                    Some(why) => cutout_core::Error::DeviceLost(why.to_string()),
+                    None => cutout_core::Error::Panicked(message),
+                };
+                if let Some(why) = lost {
+                    current.recover(&editor, why);
+                }
                 for (_, reply) in waits_and_replies {
                     in_flight.fetch_sub(1, Ordering::Relaxed);
-                    let _ = reply.send(Err(cutout_core::Error::Panicked(message.clone())));
+                    let _ = reply.send(Err(error.clone()));
                 }
                 continue;
             }
         };
         let ready = Instant::now();
         if segmented
-            .send((jobs, result, ready, waits_and_replies))
+            .send((editor, jobs, result, ready, waits_and_replies))
             .is_err()
         {
             return;
@@ -199,26 +293,30 @@ fn segment_batches(
 }
 
 fn finish_batches(
-    editor: &Editor,
+    current: &Current,
     segmented: std::sync::mpsc::Receiver<SegmentedBatch>,
     in_flight: &AtomicUsize,
     hook: Option<&WorkerHook>,
 ) {
-    for (jobs, result, ready, waits_and_replies) in segmented {
+    for (editor, jobs, result, ready, waits_and_replies) in segmented {
         // Waiting for the model thread's queue, then for this thread to take the batch.
         let handed_over = ready.elapsed();
         let mut replies: Vec<Option<(Duration, Reply)>> =
             waits_and_replies.into_iter().map(Some).collect();
+        // Failures answered only after the device is reopened, so a retry finds it working.
+        let mut failed: Vec<(Reply, cutout_core::Result<EditOutput>)> = Vec::new();
         let finished = catch_unwind(AssertUnwindSafe(|| {
             if let Some(hook) = hook {
-                jobs.iter().for_each(|job| hook(WorkerStage::Finish, job));
+                jobs.iter()
+                    .for_each(|job| hook(WorkerStage::Finish, job, &editor));
             }
             editor.finish_each(&jobs, result, |i, mut result| {
                 let Some((waited, reply)) = replies[i].take() else {
                     return;
                 };
-                if let Ok(output) = &mut result {
-                    output.timings.add(Stage::QueueWait, waited + handed_over);
+                match &mut result {
+                    Ok(output) => output.timings.add(Stage::QueueWait, waited + handed_over),
+                    Err(_) => return failed.push((reply, result)),
                 }
                 in_flight.fetch_sub(1, Ordering::Relaxed);
                 let _ = reply.send(result);
@@ -228,10 +326,89 @@ fn finish_batches(
             let message = panic_message(payload);
             log::error!("finishing a batch of {} panicked: {message}", jobs.len());
             // The jobs not answered before the panic.
-            for (_, reply) in replies.into_iter().flatten() {
-                in_flight.fetch_sub(1, Ordering::Relaxed);
-                let _ = reply.send(Err(cutout_core::Error::Panicked(message.clone())));
-            }
+            let error = cutout_core::Error::Panicked(message);
+            failed.extend(
+                replies
+                    .into_iter()
+                    .flatten()
+                    .map(|(_, reply)| (reply, Err(error.clone()))),
+            );
         }
+        // The device reports its loss to its callback, or a readback fails with it first.
+        let lost = editor.ops().gpu().lost().map(str::to_string).or_else(|| {
+            failed.iter().find_map(|(_, result)| match result {
+                Err(cutout_core::Error::DeviceLost(why)) => Some(why.clone()),
+                _ => None,
+            })
+        });
+        if let Some(why) = &lost {
+            current.recover(&editor, why);
+        }
+        for (reply, mut result) in failed {
+            // Whatever error the lost device surfaced as (a failed readback, a validation
+            // error, a panic), it is the loss.
+            if let Some(why) = &lost {
+                result = Err(cutout_core::Error::DeviceLost(why.clone()));
+            }
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            let _ = reply.send(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(side: u32) -> (Queued, oneshot::Receiver<cutout_core::Result<EditOutput>>) {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            image: image::RgbaImage::new(side, side),
+            background: None,
+            edit: Default::default(),
+        };
+        ((job, Instant::now(), reply), answer)
+    }
+
+    fn sides(batch: &[Queued]) -> Vec<u32> {
+        batch.iter().map(|(job, ..)| job.image.width()).collect()
+    }
+
+    #[test]
+    fn batches_are_sized_by_pixels_as_well_as_by_count() {
+        let batching = Batching {
+            max_batch: 3,
+            // Two 100x100 images fit; a 150x150 one does not fit beside anything.
+            max_batch_pixels: 20_000,
+            max_wait: Duration::ZERO,
+            capacity: 16,
+        };
+        let (sender, mut receiver) = mpsc::channel(16);
+        let mut answers = Vec::new();
+        for side in [100, 100, 100, 150, 10, 10, 10, 10] {
+            let (job, answer) = queued(side);
+            sender.try_send(job).unwrap();
+            answers.push(answer);
+        }
+        let mut carried = None;
+        let mut batches = Vec::new();
+        while let Some(first) = carried.take().or_else(|| receiver.try_recv().ok()) {
+            batches.push(sides(&collect_batch(
+                first,
+                &mut receiver,
+                &batching,
+                &mut carried,
+            )));
+        }
+        assert_eq!(
+            batches,
+            vec![
+                vec![100, 100],
+                vec![100],
+                vec![150],
+                vec![10, 10, 10],
+                vec![10]
+            ]
+        );
     }
 }

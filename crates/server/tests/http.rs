@@ -45,8 +45,11 @@ impl Replica {
     }
 }
 
-fn start_with_store(mut config: Config, url: Option<String>) -> Replica {
-    let editor = Editor::load(gpu(), "u2netp", false).unwrap();
+fn start_with_store(config: Config, url: Option<String>) -> Replica {
+    start_with_editor(Editor::load(gpu(), "u2netp", false).unwrap(), config, url)
+}
+
+fn start_with_editor(editor: Editor, mut config: Config, url: Option<String>) -> Replica {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -1308,13 +1311,78 @@ fn requests_past_the_memory_budget_wait_then_get_503() {
     assert_eq!(memory_in_flight(addr), 0, "every claim is given back");
 }
 
+/// A lost device — destroyed for real, through the worker hook, while a 13-pixel image is
+/// about to be segmented — fails that request with 503 and `Retry-After`, and the worker
+/// opens a new device and model: the next requests are served. (On its own device: the
+/// other tests share theirs.)
+#[test]
+fn a_lost_device_is_reported_as_503_and_reopened() {
+    use cutout_server::{Reopen, WorkerHook, WorkerStage};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hook: WorkerHook = Arc::new(|stage, job, editor| {
+        if stage == WorkerStage::Segment && job.image.width() == 13 {
+            editor.ops().gpu().device.destroy();
+        }
+    });
+    let reopened = Arc::new(AtomicUsize::new(0));
+    let count = reopened.clone();
+    let reopen: Reopen = Arc::new(move || {
+        count.fetch_add(1, Ordering::SeqCst);
+        Editor::load(&Gpu::new(DevicePreference::Cpu)?, "u2netp", false)
+    });
+    let own_device = Gpu::new(DevicePreference::Cpu).unwrap();
+    let editor = Editor::load(&own_device, "u2netp", false).unwrap();
+    let config = Config {
+        worker_hook: Some(hook),
+        reopen: Some(reopen),
+        ..Config::default()
+    };
+    let addr = start_with_editor(editor, config, None).addr;
+    let dir = std::env::temp_dir().join(format!("cutout-http-lost-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let square = |side: u32| {
+        let path = dir.join(format!("{side}.png"));
+        image::RgbaImage::from_pixel(side, side, image::Rgba([200, 40, 40, 255]))
+            .save(&path)
+            .unwrap();
+        format!("image_file=@{}", path.display())
+    };
+    let served = curl(addr, "/v1/segment", &["-F", &square(15)]);
+    assert_eq!(served.status, 200, "before the loss");
+    let lost = curl(addr, "/v1/segment", &["-F", &square(13)]);
+    let body = String::from_utf8_lossy(&lost.body).to_string();
+    assert_eq!(lost.status, 503, "{body}");
+    assert_eq!(lost.header("retry-after"), Some("5"), "{body}");
+    assert!(body.contains("lost"), "{body}");
+    assert_eq!(
+        reopened.load(Ordering::SeqCst),
+        1,
+        "reopened once, before the reply"
+    );
+    for side in [15, 16] {
+        let served = curl(addr, "/v1/segment", &["-F", &square(side)]);
+        assert_eq!(
+            served.status,
+            200,
+            "after the loss: {}",
+            String::from_utf8_lossy(&served.body)
+        );
+    }
+    let health = curl(addr, "/health", &[]);
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["queued"], 0, "no job left counted");
+    assert_eq!(reopened.load(Ordering::SeqCst), 1);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A panic while rendering (injected through `Config::worker_hook`, as a bug would cause
 /// one) fails that request with 500 and the server carries on serving, in either worker
 /// thread.
 #[test]
 fn a_panic_in_the_renderer_fails_one_request_and_the_server_carries_on() {
     use cutout_server::{WorkerHook, WorkerStage};
-    let hook: WorkerHook = std::sync::Arc::new(|stage, job| match (stage, job.image.width()) {
+    let hook: WorkerHook = std::sync::Arc::new(|stage, job, _| match (stage, job.image.width()) {
         (WorkerStage::Segment, 13) => panic!("injected fault before the forward"),
         (WorkerStage::Finish, 14) => panic!("injected fault before the effects"),
         _ => {}
