@@ -447,12 +447,12 @@ impl Saved for Case {
 }
 
 #[test]
-fn photoroom_v2_edit_parameters() {
+fn fuzz_photoroom_v2_edit_parameters() {
     dialect("photoroom-v2", photoroom::V2_EDIT, photoroom::parse_v2_edit);
 }
 
 #[test]
-fn photoroom_v1_segment_parameters() {
+fn fuzz_photoroom_v1_segment_parameters() {
     dialect(
         "photoroom-v1",
         photoroom::V1_SEGMENT,
@@ -461,12 +461,12 @@ fn photoroom_v1_segment_parameters() {
 }
 
 #[test]
-fn removebg_parameters() {
+fn fuzz_removebg_parameters() {
     dialect("removebg", removebg::REMOVEBG, removebg::parse);
 }
 
 #[test]
-fn simple_parameters() {
+fn fuzz_simple_parameters() {
     dialect("simple", simple::SIMPLE, simple::parse);
 }
 
@@ -572,7 +572,7 @@ impl Saved for ColourText {
 }
 
 #[test]
-fn colours() {
+fn fuzz_colours() {
     let strategy = prop_oneof![
         (
             any::<[u8; 4]>(),
@@ -606,7 +606,7 @@ fn colours() {
 }
 
 #[test]
-fn spacings() {
+fn fuzz_spacings() {
     let strategy = prop_oneof![
         (
             -1e6f32..1e6,
@@ -768,7 +768,7 @@ fn body() -> impl Strategy<Value = Body> {
 }
 
 #[test]
-fn request_bodies() {
+fn fuzz_request_bodies() {
     fuzz("body", 2000, body(), |input| {
         let bytes = Bytes::from(input.bytes.clone());
         let (parsed, peak) =
@@ -799,7 +799,7 @@ fn request_bodies() {
 // URLs and the addresses they resolve to.
 
 #[test]
-fn urls() {
+fn fuzz_urls() {
     let structured = (
         prop::sample::select(vec![
             "http", "https", "HTTPS", "file", "ftp", "gopher", "data", "",
@@ -906,7 +906,7 @@ impl Saved for Address {
 }
 
 #[test]
-fn addresses_follow_the_special_purpose_registries() {
+fn fuzz_addresses_follow_the_special_purpose_registries() {
     // Random addresses rarely land in a small block: also draw from each block's edges.
     let blocks: Vec<&str> = NOT_PUBLIC.iter().chain(EMBEDS_IPV4).copied().collect();
     let near_a_block = (prop::sample::select(blocks), any::<u128>(), any::<bool>()).prop_map(
@@ -1274,7 +1274,7 @@ fn decoder(target: &str, format: Format, bases: Vec<(&'static str, Vec<u8>)>) {
 }
 
 #[test]
-fn jpeg_decoder() {
+fn fuzz_jpeg_decoder() {
     decoder(
         "jpeg",
         Format::Jpeg,
@@ -1288,7 +1288,7 @@ fn jpeg_decoder() {
 }
 
 #[test]
-fn png_decoder() {
+fn fuzz_png_decoder() {
     decoder(
         "png",
         Format::Png,
@@ -1305,7 +1305,7 @@ fn png_decoder() {
 }
 
 #[test]
-fn webp_decoder() {
+fn fuzz_webp_decoder() {
     decoder(
         "webp",
         Format::WebP,
