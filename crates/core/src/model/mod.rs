@@ -93,16 +93,19 @@ pub struct ModelSpec {
 
 impl ModelSpec {
     /// Memory one image's forward needs beyond the loaded model (activations and the
-    /// backend's buffers), for the server's memory budget. u2netp's is measured: `cutout
-    /// serve` on flex, VmHWM after /v1/segment requests on a 0.24 MP photo minus the idle
-    /// VmRSS (316 − 120 MB, rounded up). BiRefNet's follows its measured ~3 GB peak at 1024²
+    /// backend's buffers), for the server's memory budget. u2netp's is measured on flex
+    /// (`cutout serve`, 0.26 MP photo, VmHWM): idle 119 MiB, after the first forward 314
+    /// (one-time: packed weights, thread pools, allocator arenas, resident from then on),
+    /// after batches of 2, 4 and 8 471, 475 and 513: a batch of 8 holds 199 MiB more than
+    /// one image does, so 64 MiB per image in flight covers it (stop 24 charged the
+    /// one-time 195 MiB to every request, which let only 7 in at once). BiRefNet's follows its measured ~3 GB peak at 1024²
     /// on the CPU (benches/README.md). u2net's and IS-Net's are estimates from their widths
     /// (u2net: 4× u2netp's channels; IS-Net: 64-channel maps at 512²), rounded up. Each
     /// scales with the input's pixels (the 2K BiRefNet: 4×).
     pub fn forward_bytes(&self) -> u64 {
         const MIB: u64 = 1 << 20;
         let (bytes, side) = match (self.architecture, self.name) {
-            (Architecture::U2Net, "u2netp") => (192 * MIB, 320),
+            (Architecture::U2Net, "u2netp") => (64 * MIB, 320),
             (Architecture::U2Net, _) => (768 * MIB, 320),
             (Architecture::IsNet, _) => (1536 * MIB, 1024),
             (Architecture::BiRefNet, _) => (3072 * MIB, 1024),
