@@ -195,15 +195,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[derive(Debug, Clone)]
 struct Pairs(Vec<(String, String)>);
 
-impl Saved for Pairs {
-    fn save(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.0).unwrap()
-    }
-    fn load(bytes: &[u8]) -> Self {
-        Pairs(serde_json::from_slice(bytes).unwrap())
-    }
-}
-
 /// Text of any kind: numbers in every notation, units, sizes, words the APIs use, and
 /// arbitrary Unicode.
 fn any_value() -> BoxedStrategy<String> {

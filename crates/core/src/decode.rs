@@ -43,8 +43,8 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Decode(e.to_string()))?;
-    match reader.format() {
-        Some(ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP) => {}
+    let format = match reader.format() {
+        Some(format @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP)) => format,
         Some(other) => {
             return Err(Error::Decode(format!(
                 "{other:?} is not supported (use JPEG, PNG or WebP)"
@@ -52,14 +52,13 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage> {
         }
         None if is_heif(bytes) => return Err(Error::UnsupportedFormat("HEIC/HEIF")),
         None => return Err(Error::Decode("not a JPEG, PNG or WebP image".into())),
-    }
-    let format = reader.format();
-    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_has_end(bytes) {
+    };
+    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
         return Err(Error::Decode(
             "the JPEG is truncated: its image data has no end-of-image marker".into(),
         ));
     }
-    if reader.format() == Some(ImageFormat::WebP) && !riff_is_complete(bytes) {
+    if format == ImageFormat::WebP && !riff_is_complete(bytes) {
         return Err(Error::Decode(
             "the WebP is truncated: it is shorter than its RIFF header says".into(),
         ));
@@ -86,7 +85,7 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage> {
     decoder
         .set_limits(decoder_limits)
         .map_err(|e| Error::TooLarge(e.to_string()))?;
-    if format == Some(ImageFormat::WebP) {
+    if format == ImageFormat::WebP {
         webp_frames_within(bytes, width, height)?;
     }
     let orientation = decoder

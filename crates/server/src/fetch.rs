@@ -81,7 +81,7 @@ impl Resolver for CheckedResolver {
 
 /// Blocking: run it on a blocking thread.
 pub fn fetch(url: &str, policy: &FetchPolicy) -> Result<Vec<u8>, FetchError> {
-    check_url(url)?;
+    let uri = check_url(url)?;
     let config = ureq::Agent::config_builder()
         .proxy(None)
         .timeout_connect(Some(policy.connect_timeout))
@@ -96,7 +96,7 @@ pub fn fetch(url: &str, policy: &FetchPolicy) -> Result<Vec<u8>, FetchError> {
             allow_private: policy.allow_private,
         },
     );
-    let mut response = agent.get(url).call().map_err(|e| match e {
+    let mut response = agent.get(uri).call().map_err(|e| match e {
         ureq::Error::Other(why) => FetchError::Refused(why.to_string()),
         other => FetchError::Failed(other.to_string()),
     })?;

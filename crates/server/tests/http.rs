@@ -1311,6 +1311,16 @@ fn requests_past_the_memory_budget_wait_then_get_503() {
     assert_eq!(memory_in_flight(addr), 0, "every claim is given back");
 }
 
+/// A `side`×`side` red PNG written into `dir`, as curl's `-F image_file=@PATH` argument: the
+/// fault tests pick which job to break by its width.
+fn red_square_upload(dir: &std::path::Path, side: u32) -> String {
+    let path = dir.join(format!("{side}.png"));
+    image::RgbaImage::from_pixel(side, side, image::Rgba([200, 40, 40, 255]))
+        .save(&path)
+        .unwrap();
+    format!("image_file=@{}", path.display())
+}
+
 /// A lost device — destroyed for real, through the worker hook, while a 13-pixel image is
 /// about to be segmented — fails that request with 503 and `Retry-After`, and the worker
 /// opens a new device and model: the next requests are served. (On its own device: the
@@ -1341,13 +1351,7 @@ fn a_lost_device_is_reported_as_503_and_reopened() {
     let addr = start_with_editor(editor, config, None).addr;
     let dir = std::env::temp_dir().join(format!("cutout-http-lost-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let square = |side: u32| {
-        let path = dir.join(format!("{side}.png"));
-        image::RgbaImage::from_pixel(side, side, image::Rgba([200, 40, 40, 255]))
-            .save(&path)
-            .unwrap();
-        format!("image_file=@{}", path.display())
-    };
+    let square = |side: u32| red_square_upload(&dir, side);
     let served = curl(addr, "/v1/segment", &["-F", &square(15)]);
     assert_eq!(served.status, 200, "before the loss");
     let lost = curl(addr, "/v1/segment", &["-F", &square(13)]);
@@ -1393,13 +1397,7 @@ fn a_panic_in_the_renderer_fails_one_request_and_the_server_carries_on() {
     });
     let dir = std::env::temp_dir().join(format!("cutout-http-panic-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let square = |side: u32| {
-        let path = dir.join(format!("{side}.png"));
-        image::RgbaImage::from_pixel(side, side, image::Rgba([200, 40, 40, 255]))
-            .save(&path)
-            .unwrap();
-        format!("image_file=@{}", path.display())
-    };
+    let square = |side: u32| red_square_upload(&dir, side);
     for side in [13, 14] {
         let failed = curl(addr, "/v1/segment", &["-F", &square(side)]);
         assert_eq!(
