@@ -6,7 +6,7 @@
 # cutout's /v2/edit with an e-commerce edit (white 1000x1000 canvas, 10 % padding, soft
 # shadow) at the same levels. Prints images/s, p50/p95/p99 latency, responses by status,
 # cutout's peak RSS so far, the ratios, and cutout's median time per stage at each level
-# (benches/stages.py over its debug log). Past the queue (64) and the memory budget,
+# (benches/stages.py over its JSON request log). Past the queue (64) and the memory budget,
 # cutout answers 503 with Retry-After: counted as non-200, never as a socket error.
 #
 # Usage: benches/load.sh [CUTOUT_BINARY [BASELINE_BINARY]]
@@ -56,7 +56,7 @@ U2NET_HOME="$work/models" "$venv/bin/rembg" s --host 127.0.0.1 --port 7171 --no-
 pids+=($!)
 # cutout meters every request as deployed: a SQLite accounts store and a key (the admin key
 # that the first start prints), so its ledger's cost is in the figures.
-RUST_LOG=cutout_server=debug "$cutout" serve --offline --addr 127.0.0.1:7172 \
+"$cutout" serve --log-format json --offline --addr 127.0.0.1:7172 \
     --store "sqlite://$work/cutout.db" --credits 10000000 --rate-limit 0 \
     > "$work/cutout.key" 2> "$work/cutout.log" &
 pids+=($!)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Median time per stage over the `cutout serve` debug lines of successful requests
-(`RUST_LOG=cutout_server=debug`), read from standard input. Usage:
+"""Median time per stage over the request lines of `cutout serve --log-format json`
+(target `cutout::request`) of successful requests, read from standard input. Usage:
     benches/stages.py < serve.log"""
-import re
+import json
 import statistics
 import sys
 
@@ -11,12 +11,17 @@ STAGES = ["read_body", "decode", "queue_wait", "preprocess", "forward", "effects
 samples = {stage: [] for stage in STAGES}
 requests = 0
 for line in sys.stdin:
-    if not re.search(r" (POST|GET) \S+ 200: ", line):
+    try:
+        event = json.loads(line)
+    except ValueError:
         continue
+    if event.get("target") != "cutout::request" or event.get("status") != 200:
+        continue
+    if "forward_ms" not in event:
+        continue  # not an image: health checks, metrics, accounts
     requests += 1
-    found = dict(re.findall(r"(\w+)=([\d.]+)ms", line))
     for stage in STAGES:
-        samples[stage].append(float(found.get(stage, 0.0)))
+        samples[stage].append(float(event[f"{stage}_ms"]))
 if requests:
     print(f"median ms over {requests} requests: " + ", ".join(
         f"{stage} {statistics.median(samples[stage]):.0f}" for stage in STAGES))

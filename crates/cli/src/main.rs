@@ -16,8 +16,44 @@ use clap::{Parser, Subcommand};
     about = "Self-hosted, GPU-native background removal and product-photo editing"
 )]
 struct Cli {
+    /// How log lines are written to stderr: `text` for people, `json` (one object per line)
+    /// for log collectors. RUST_LOG sets what is logged (default `info`; e.g.
+    /// `info,cutout::request=warn` drops the per-request lines).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr through `tracing`; the `log` records of cutout's engine and dependencies
+/// are bridged into the same lines.
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| match text.parse::<Targets>() {
+            Ok(targets) => Some(targets),
+            Err(e) => {
+                eprintln!("warning: RUST_LOG={text:?} is not a log filter ({e}); using info");
+                None
+            }
+        })
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .init();
 }
 
 #[derive(Subcommand)]
@@ -62,10 +98,8 @@ fn main() -> ExitCode {
     cutout_core::alloc::keep_large_buffers();
     // SAFETY: the first lines of `main`: no other thread exists yet.
     unsafe { cutout_core::gpu::quiet_device_select_layer() };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let result = match cli.command {
         Command::Remove(args) => remove::run(args),
         Command::Edit(args) => edit::run(args),

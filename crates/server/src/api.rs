@@ -18,11 +18,12 @@ use crate::body::{self, BodyError, Form};
 use crate::fetch::{self, FetchError};
 use crate::limit::{self, Budget};
 use crate::memory::{Claim, MemoryBudget};
+use crate::metrics::{self, InFlight, KeyName};
 use crate::queue::Rejected;
 use crate::respond::{Dialect, Failure, Reply, error_reply, json_reply};
 use crate::store::{self, Key, Plan, StoreError, UsageRow};
 
-pub async fn route(state: &State, request: Request<Incoming>) -> Reply {
+pub async fn route(state: &State, peer: std::net::SocketAddr, request: Request<Incoming>) -> Reply {
     let path = request.uri().path().trim_end_matches('/').to_string();
     let method = request.method().clone();
     let dialect = match path.as_str() {
@@ -37,7 +38,9 @@ pub async fn route(state: &State, request: Request<Incoming>) -> Reply {
             StatusCode::OK,
             crate::openapi::document(state.model),
         )),
-        (&Method::GET, "/health") => Ok(json_reply(
+        (&Method::GET, "/readyz") => Ok(readiness(state).await),
+        (&Method::GET, "/metrics") => metrics_page(state, peer, &request).await,
+        (&Method::GET, "/health" | "/healthz") => Ok(json_reply(
             StatusCode::OK,
             json!({
                 "status": "ok",
@@ -58,7 +61,7 @@ pub async fn route(state: &State, request: Request<Incoming>) -> Reply {
             | "/v1.0/account"
             | "/v1/remove-background"
             | "/remove-background",
-        ) => api(state, request, &path, dialect).await,
+        ) => Ok(api(state, request, &path, dialect).await),
         _ => Err(Failure::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -68,17 +71,143 @@ pub async fn route(state: &State, request: Request<Incoming>) -> Reply {
     result.unwrap_or_else(|failure| error_reply(dialect, &failure))
 }
 
+/// How long `/readyz` waits for the device's probe and for the database.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `/readyz`: 200 when the model is loaded, the device answered a tiny dispatch in the last
+/// `Config::readiness_interval` (or answers one now) and the accounts database (if any) answers; else 503
+/// naming what failed.
+async fn readiness(state: &State) -> Reply {
+    let device = state
+        .queue
+        .check_device(state.config.readiness_interval, READY_TIMEOUT)
+        .await;
+    let database = match &state.accounts {
+        None => None,
+        Some(accounts) => Some(
+            match tokio::time::timeout(READY_TIMEOUT, accounts.store().ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!("no answer within {READY_TIMEOUT:?}")),
+            },
+        ),
+    };
+    let check = |result: &Result<(), String>| match result {
+        Ok(()) => json!({"ok": true}),
+        Err(why) => json!({"ok": false, "error": why}),
+    };
+    let ready = device.is_ok() && database.as_ref().is_none_or(Result::is_ok);
+    let mut checks = json!({
+        "model": {"ok": true, "name": state.model.name},
+        "device": check(&device),
+    });
+    if let Some(database) = &database {
+        checks["database"] = check(database);
+    }
+    let (status, word) = match ready {
+        true => (StatusCode::OK, "ready"),
+        false => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+    };
+    let mut reply = json_reply(status, json!({"status": word, "checks": checks}));
+    if !ready {
+        reply
+            .headers_mut()
+            .insert("retry-after", DEVICE_RETRY_AFTER.into());
+    }
+    reply
+}
+
+/// `/metrics` in Prometheus' text format, with the gauges read now.
+async fn metrics_page(
+    state: &State,
+    peer: std::net::SocketAddr,
+    request: &Request<Incoming>,
+) -> Result<Reply, Failure> {
+    admin_only(state, peer, request).await?;
+    let text = state.metrics.render(
+        state.queue.in_flight(),
+        state.memory.in_flight(),
+        state.memory.bytes(),
+    );
+    Ok(hyper::Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", prometheus::TEXT_FORMAT)
+        .body(text.into())
+        .expect("valid response"))
+}
+
+/// Pages about the whole server (metrics, the dashboard) are for admin keys (401 without a
+/// valid key, 403 with another); without accounts (`--no-auth`), for loopback clients only.
+async fn admin_only(
+    state: &State,
+    peer: std::net::SocketAddr,
+    request: &Request<Incoming>,
+) -> Result<(), Failure> {
+    let forbidden = |message: &str| Failure::new(StatusCode::FORBIDDEN, "forbidden", message);
+    if state.accounts.is_none() {
+        return match peer.ip().to_canonical().is_loopback() {
+            true => Ok(()),
+            false => Err(forbidden(
+                "without accounts (--no-auth) this page is served to loopback clients only",
+            )),
+        };
+    }
+    match authenticate(state, request, Dialect::Simple).await? {
+        Some(key) if key.admin => Ok(()),
+        _ => Err(forbidden("this page needs an admin key")),
+    }
+}
+
 /// The API endpoints: the caller's key first (so no route can skip it), then the handler;
 /// a request that rendered nothing is still recorded in the key's usage history.
-async fn api(
+async fn api(state: &State, request: Request<Incoming>, path: &str, dialect: Dialect) -> Reply {
+    let started = Instant::now();
+    let key = match authenticate(state, &request, dialect).await {
+        Ok(key) => key,
+        Err(failure) => return error_reply(dialect, &failure),
+    };
+    let mut reply = serve(state, request, path, dialect, key.as_ref(), started).await;
+    if let Some(key) = key {
+        reply.extensions_mut().insert(KeyName(key.name));
+    }
+    reply
+}
+
+/// An authenticated API request: the handler, then the usage history of one that failed.
+async fn serve(
     state: &State,
     request: Request<Incoming>,
     path: &str,
     dialect: Dialect,
+    key: Option<&Key>,
+    started: Instant,
+) -> Reply {
+    let result = dispatch(state, request, path, key).await;
+    if let (Err(failure), Some(key), Some(accounts)) = (&result, key, &state.accounts)
+        && !path.ends_with("/account")
+    {
+        accounts
+            .record(&UsageRow {
+                key_id: key.id,
+                at: accounts.now(),
+                endpoint: path,
+                megapixels: 0.0,
+                millicredits: 0,
+                status: failure.status.as_u16(),
+                duration_ms: started.elapsed().as_millis() as i64,
+            })
+            .await;
+    }
+    result.unwrap_or_else(|failure| error_reply(dialect, &failure))
+}
+
+/// The handler for `path` and the request's method.
+async fn dispatch(
+    state: &State,
+    request: Request<Incoming>,
+    path: &str,
+    key: Option<&Key>,
 ) -> Result<Reply, Failure> {
-    let started = Instant::now();
-    let key = authenticate(state, &request, dialect).await?;
-    let key = key.as_ref();
     let method = request.method().clone();
     // The body is charged to the memory budget before it is read: as declared, or the
     // largest allowed when it is sent in chunks.
@@ -95,7 +224,7 @@ async fn api(
             .await
             .ok_or_else(memory_failure)
     };
-    let result = match (&method, path) {
+    match (&method, path) {
         (&Method::POST, "/v1/segment") => segment(state, request, key, admit().await?).await,
         (&Method::GET | &Method::POST, "/v2/edit") => {
             edit(state, request, key, admit().await?).await
@@ -111,23 +240,7 @@ async fn api(
             "method_not_allowed",
             format!("{method} is not allowed on {path}"),
         )),
-    };
-    if let (Err(failure), Some(key), Some(accounts)) = (&result, key, &state.accounts)
-        && !path.ends_with("/account")
-    {
-        accounts
-            .record(&UsageRow {
-                key_id: key.id,
-                at: accounts.now(),
-                endpoint: path,
-                megapixels: 0.0,
-                millicredits: 0,
-                status: failure.status.as_u16(),
-                duration_ms: started.elapsed().as_millis() as i64,
-            })
-            .await;
     }
-    result
 }
 
 fn preflight() -> Reply {
@@ -276,7 +389,8 @@ struct Rendered {
     height: u32,
     foreground: Option<[u32; 4]>,
     uncertainty: Option<f32>,
-    timings: StageTimes,
+    /// Timings, megapixels and credits, for the log line and the metrics.
+    served: metrics::Rendered,
 }
 
 /// Who pays for a request, and how much.
@@ -368,7 +482,7 @@ async fn render(
 ) -> Result<Rendered, Failure> {
     let mut timings = StageTimes::default();
     timings.add(Stage::ReadBody, received.elapsed());
-    let (key, credits) = (charge.key, charge.credits);
+    let (key, credits, charged) = (charge.key, charge.credits, charge.charged());
     // Released on every early return below (and if the client goes away mid-render).
     let reservation = reserve_credits(state, key, credits).await?;
     let limits = state.config.decode;
@@ -403,6 +517,8 @@ async fn render(
     let mut edit = edit;
     edit.watermark |= key.is_some_and(|k| k.sandbox);
     let (format, channels, dpi) = (edit.format, edit.channels, edit.dpi);
+    let megapixels = input_width as f64 * input_height as f64 / 1e6;
+    let in_flight = InFlight::new(&state.metrics.in_flight_megapixels, megapixels);
     let output = match state
         .queue
         .render(Job {
@@ -431,6 +547,7 @@ async fn render(
             ));
         }
     };
+    drop(in_flight);
     let (width, height) = output.image.dimensions();
     let (foreground, uncertainty) = (output.foreground, output.uncertainty);
     timings += output.timings;
@@ -444,7 +561,6 @@ async fn render(
     drop(permit);
     timings.add(Stage::Encode, start.elapsed());
     if let (Some(reservation), Some(accounts)) = (reservation, &state.accounts) {
-        let megapixels = input_width as f64 * input_height as f64 / 1e6;
         let duration = received.elapsed().as_millis() as i64;
         let committed = reservation
             .commit(accounts.now(), charge.endpoint, megapixels, duration)
@@ -469,7 +585,11 @@ async fn render(
         height,
         foreground,
         uncertainty,
-        timings,
+        served: metrics::Rendered {
+            timings,
+            megapixels,
+            credits: charged,
+        },
     })
 }
 
@@ -525,7 +645,7 @@ fn image_reply(rendered: &Rendered) -> hyper::http::response::Builder {
 fn image_body(builder: hyper::http::response::Builder, rendered: Rendered) -> Reply {
     builder
         .header("content-type", rendered.encoded.mime)
-        .extension(rendered.timings)
+        .extension(rendered.served)
         .body(rendered.encoded.bytes.into())
         .expect("valid response")
 }
@@ -539,7 +659,7 @@ fn json_body(
     let b64 = base64::engine::general_purpose::STANDARD.encode(&rendered.encoded.bytes);
     builder
         .header("content-type", "application/json")
-        .extension(rendered.timings)
+        .extension(rendered.served)
         .body(wrap(b64).to_string().into())
         .expect("valid response")
 }

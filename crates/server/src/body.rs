@@ -69,6 +69,11 @@ pub async fn read_form(
     pace: Pace,
 ) -> Result<Form, BodyError> {
     let (parts, body) = request.into_parts();
+    let received = parts
+        .extensions
+        .get::<crate::metrics::Received>()
+        .cloned()
+        .unwrap_or_default();
     let declared = parts
         .headers
         .get(hyper::header::CONTENT_LENGTH)
@@ -100,6 +105,7 @@ pub async fn read_form(
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {
+            received.add(data.len());
             bytes.extend_from_slice(&data);
         }
         let elapsed = started.elapsed();

@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod keys;
 mod limit;
 mod memory;
+mod metrics;
 mod openapi;
 mod queue;
 mod respond;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use cutout_core::decode::DecodeLimits;
 use cutout_core::edit::Editor;
-use cutout_core::timing::{Stage, StageTimes};
+use cutout_core::timing::Stage;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -78,6 +79,9 @@ pub struct Config {
     /// Opens a new device and model when the device is lost; `None`: requests get 503 until
     /// the server is restarted.
     pub reopen: Option<Reopen>,
+    /// `/readyz` counts the device as answering when it finished a batch or a probe this
+    /// recently; otherwise it sends a probe (a one-pixel dispatch) and waits for it.
+    pub readiness_interval: Duration,
 }
 
 impl Default for Config {
@@ -109,6 +113,7 @@ impl Default for Config {
             admission_wait: Duration::from_secs(30),
             worker_hook: None,
             reopen: None,
+            readiness_interval: Duration::from_secs(10),
             cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             clock: system_clock(),
         }
@@ -123,9 +128,13 @@ struct State {
     cpu_work: tokio::sync::Semaphore,
     accounts: Option<Arc<accounts::Accounts>>,
     queue: queue::JobQueue,
+    /// Request ids: a random prefix per server (replicas in containers share process ids)
+    /// and a counter.
+    id_prefix: u32,
     next_id: AtomicU64,
     /// The model the queue's editor runs (for the OpenAPI document).
     model: &'static cutout_core::model::ModelSpec,
+    metrics: metrics::Metrics,
 }
 
 /// A running server: its address, and a handle to stop it.
@@ -148,11 +157,13 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let model = editor.remover().session().spec;
+    let metrics = metrics::Metrics::new(model.name, editor.ops().gpu());
     let (queue, worker) = queue::JobQueue::start(
         editor,
         config.reopen.clone(),
         config.batching.clone(),
         config.worker_hook.clone(),
+        metrics.batch_size.clone(),
     );
     let accounts = config.store.clone().map(|store| {
         Arc::new(accounts::Accounts::new(
@@ -182,8 +193,10 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
         config,
         accounts,
         queue,
+        id_prefix: random_u32(),
         next_id: AtomicU64::new(1),
         model,
+        metrics,
     });
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let connections = Arc::new(tokio::sync::Semaphore::new(
@@ -194,7 +207,7 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let Ok((mut stream, _)) = accepted else { continue };
+                    let Ok((mut stream, peer)) = accepted else { continue };
                     let Ok(permit) = connections.clone().try_acquire_owned() else {
                         tokio::spawn(async move { refuse_connection(&mut stream).await });
                         continue;
@@ -207,7 +220,7 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
                     let state = state.clone();
                     let service = service_fn(move |request| {
                         let state = state.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(state, request).await) }
+                        async move { Ok::<_, std::convert::Infallible>(handle(state, peer, request).await) }
                     });
                     let connection = http.serve_connection(TokioIo::new(stream), service);
                     let connection = graceful.watch(connection);
@@ -230,6 +243,15 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
     Ok(Server { addr, stop, task })
 }
 
+/// 32 random bits from the standard library's per-process hash keys (seeded by the OS).
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    hasher.write_u128(now.unwrap_or_default().as_nanos());
+    hasher.finish() as u32
+}
+
 /// One connection over `Config::max_connections`: a 503 in plain HTTP, then closed.
 async fn refuse_connection(stream: &mut tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
@@ -245,23 +267,32 @@ async fn refuse_connection(stream: &mut tokio::net::TcpStream) {
 
 async fn handle(
     state: Arc<State>,
-    request: hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    mut request: hyper::Request<hyper::body::Incoming>,
 ) -> respond::Reply {
     let started = Instant::now();
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-    let request_id = format!("{:x}-{id:06}", std::process::id());
+    let request_id = format!("{:08x}-{id:06}", state.id_prefix);
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
-    let mut reply = api::route(&state, request).await;
+    let received = metrics::Received::default();
+    request.extensions_mut().insert(received.clone());
+    let mut reply = api::route(&state, peer, request).await;
     let total = started.elapsed();
-    let mut timings = reply
-        .extensions_mut()
-        .remove::<StageTimes>()
-        .unwrap_or_default();
-    timings.add(Stage::Total, total);
-    log::debug!(
-        "{request_id} {method} {path} {}: {timings}",
-        reply.status().as_u16()
-    );
+    let rendered = reply.extensions_mut().remove::<metrics::Rendered>();
+    let key = reply.extensions_mut().remove::<metrics::KeyName>();
+    let record = metrics::RequestRecord {
+        route: metrics::route_label(&path),
+        status: reply.status().as_u16(),
+        key: key.as_ref().map(|k| k.0.as_str()),
+        received_bytes: received.get(),
+        sent_bytes: hyper::body::Body::size_hint(reply.body())
+            .exact()
+            .unwrap_or(0),
+        rendered: rendered.as_ref(),
+        total,
+    };
+    state.metrics.record(&record);
+    log_request(&request_id, &method, &path, &record);
     let headers = reply.headers_mut();
     let value = |text: String| text.parse().expect("header text");
     headers.insert("x-request-id", value(request_id));
@@ -269,4 +300,63 @@ async fn handle(
     headers.insert("access-control-allow-origin", value("*".into()));
     headers.insert("access-control-expose-headers", value("*".into()));
     reply
+}
+
+/// One line per request (target `cutout::request`): no image data and no key, only its
+/// name. Rendered images add their megapixels, credits and stage timings; successful
+/// health, readiness and metrics requests (polled every few seconds) log at debug.
+fn log_request(
+    request_id: &str,
+    method: &hyper::Method,
+    path: &str,
+    record: &metrics::RequestRecord,
+) {
+    // The path as requested, cut short: it is the client's text.
+    let path: String = path.chars().take(100).collect();
+    let key = record.key.unwrap_or("-");
+    let ms = |spent: Duration| (spent.as_secs_f64() * 1e6).round() / 1e3;
+    macro_rules! line {
+        ($level:ident $(, $($extra:tt)+)?) => {
+            tracing::$level!(
+                target: "cutout::request",
+                request_id,
+                method = %method,
+                path = %path,
+                route = record.route,
+                status = record.status,
+                key,
+                received_bytes = record.received_bytes,
+                sent_bytes = record.sent_bytes,
+                $($($extra)+,)?
+                total_ms = ms(record.total),
+            )
+        };
+    }
+    match record.rendered {
+        Some(rendered) => {
+            let stage = |stage: Stage| ms(rendered.timings.get(stage));
+            line!(
+                info,
+                megapixels = rendered.megapixels,
+                credits = rendered.credits,
+                read_body_ms = stage(Stage::ReadBody),
+                decode_ms = stage(Stage::Decode),
+                queue_wait_ms = stage(Stage::QueueWait),
+                preprocess_ms = stage(Stage::Preprocess),
+                forward_ms = stage(Stage::Forward),
+                effects_ms = stage(Stage::Effects),
+                readback_ms = stage(Stage::Readback),
+                encode_ms = stage(Stage::Encode)
+            )
+        }
+        None if record.status == 200
+            && matches!(
+                record.route,
+                "/health" | "/healthz" | "/readyz" | "/metrics"
+            ) =>
+        {
+            line!(debug)
+        }
+        None => line!(info),
+    }
 }

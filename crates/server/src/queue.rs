@@ -11,7 +11,7 @@
 //! model ([`Reopen`]); the batches after it run on those.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -119,6 +119,37 @@ type SegmentedBatch = (
 pub struct JobQueue {
     sender: mpsc::Sender<Queued>,
     in_flight: Arc<AtomicUsize>,
+    current: Arc<Current>,
+    answered: Arc<Answered>,
+}
+
+/// When the device last finished work (a batch or a probe), and whether a probe is running.
+#[derive(Default)]
+struct Answered {
+    at: Mutex<Option<Instant>>,
+    probing: AtomicBool,
+}
+
+impl Answered {
+    fn now(&self) {
+        *self.at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    fn within(&self, fresh: Duration) -> bool {
+        self.at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() <= fresh)
+    }
+}
+
+/// Clears `Answered::probing` when the probe ends, however it ends.
+struct Probing(Arc<Answered>);
+
+impl Drop for Probing {
+    fn drop(&mut self) {
+        self.0.probing.store(false, Ordering::Release);
+    }
 }
 
 /// Why a job was not rendered.
@@ -138,6 +169,7 @@ impl JobQueue {
         reopen: Option<Reopen>,
         batching: Batching,
         hook: Option<WorkerHook>,
+        batch_size: prometheus::Histogram,
     ) -> (Self, std::thread::JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(batching.capacity.max(1));
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -146,14 +178,19 @@ impl JobQueue {
             reopen,
             reopening: Mutex::new(()),
         });
+        let answered = Arc::new(Answered::default());
         let (segmented, to_finish) = std::sync::mpsc::sync_channel::<SegmentedBatch>(1);
         let effects = {
             let (editor, in_flight, hook) = (editor.clone(), in_flight.clone(), hook.clone());
+            let answered = answered.clone();
             std::thread::Builder::new()
                 .name("effects-worker".into())
-                .spawn(move || finish_batches(&editor, to_finish, &in_flight, hook.as_ref()))
+                .spawn(move || {
+                    finish_batches(&editor, to_finish, &in_flight, hook.as_ref(), &answered)
+                })
                 .expect("spawn the effects worker")
         };
+        let current = editor.clone();
         let in_flight_model = in_flight.clone();
         let model = std::thread::Builder::new()
             .name("model-worker".into())
@@ -166,11 +203,54 @@ impl JobQueue {
                     segmented,
                     &in_flight_model,
                     hook,
+                    &batch_size,
                 );
                 let _ = effects.join();
             })
             .expect("spawn the model worker");
-        (Self { sender, in_flight }, model)
+        (
+            Self {
+                sender,
+                in_flight,
+                current,
+                answered,
+            },
+            model,
+        )
+    }
+
+    /// Whether the device answers (`/readyz`): it finished a batch or a probe within
+    /// `fresh`, or a probe (a tiny dispatch with a known answer, [`Editor::ops`]`.probe()`)
+    /// run now answers within `timeout`. A probe still running from an earlier call (a hung
+    /// device) is not started again.
+    pub async fn check_device(&self, fresh: Duration, timeout: Duration) -> Result<(), String> {
+        let editor = self.current.get();
+        if let Some(why) = editor.ops().gpu().lost() {
+            return Err(format!("the device was lost: {why}"));
+        }
+        if self.answered.within(fresh) {
+            return Ok(());
+        }
+        if self.answered.probing.swap(true, Ordering::AcqRel) {
+            return Err("the device has not answered the last probe yet".into());
+        }
+        let probing = Probing(self.answered.clone());
+        let probe = tokio::task::spawn_blocking(move || {
+            let result = editor.ops().probe();
+            if result.is_ok() {
+                probing.0.now();
+            }
+            drop(probing);
+            result
+        });
+        match tokio::time::timeout(timeout, probe).await {
+            Err(_) => Err(format!(
+                "the device did not answer a probe within {timeout:?}"
+            )),
+            Ok(Err(_)) => Err("the probe of the device panicked".into()),
+            Ok(Ok(Err(error))) => Err(format!("a probe of the device failed: {error}")),
+            Ok(Ok(Ok(()))) => Ok(()),
+        }
     }
 
     pub async fn render(&self, job: Job) -> Result<cutout_core::Result<EditOutput>, Rejected> {
@@ -244,6 +324,7 @@ fn segment_batches(
     segmented: std::sync::mpsc::SyncSender<SegmentedBatch>,
     in_flight: &AtomicUsize,
     hook: Option<&WorkerHook>,
+    batch_size: &prometheus::Histogram,
 ) {
     let mut carried = None;
     while let Some(first) = carried.take().or_else(|| receiver.blocking_recv()) {
@@ -255,6 +336,7 @@ fn segment_batches(
             .map(|(job, queued, reply)| (job, (started - queued, reply)))
             .unzip();
         log::debug!("segmenting a batch of {}", jobs.len());
+        batch_size.observe(jobs.len() as f64);
         let result = catch_unwind(AssertUnwindSafe(|| {
             if let Some(hook) = hook {
                 jobs.iter()
@@ -297,6 +379,7 @@ fn finish_batches(
     segmented: std::sync::mpsc::Receiver<SegmentedBatch>,
     in_flight: &AtomicUsize,
     hook: Option<&WorkerHook>,
+    answered: &Answered,
 ) {
     for (editor, jobs, result, ready, waits_and_replies) in segmented {
         // Waiting for the model thread's queue, then for this thread to take the batch.
@@ -322,6 +405,7 @@ fn finish_batches(
                 let _ = reply.send(result);
             });
         }));
+        let panicked = finished.is_err();
         if let Err(payload) = finished {
             let message = panic_message(payload);
             log::error!("finishing a batch of {} panicked: {message}", jobs.len());
@@ -341,8 +425,10 @@ fn finish_batches(
                 _ => None,
             })
         });
-        if let Some(why) = &lost {
-            current.recover(&editor, why);
+        match &lost {
+            Some(why) => current.recover(&editor, why),
+            None if !panicked => answered.now(),
+            None => {}
         }
         for (reply, mut result) in failed {
             // Whatever error the lost device surfaced as (a failed readback, a validation

@@ -1153,9 +1153,16 @@ fn a_database_that_goes_away_gets_503_and_nothing_unmetered() {
     assert_eq!(refused.json()["type"], "accounts_unavailable");
     assert!(refused.header("retry-after").is_some());
     assert_eq!(curl(replica.addr, "/health", &[]).status, 200);
+    let unready = curl(replica.addr, "/readyz", &[]);
+    assert_eq!(unready.status, 503);
+    assert_eq!(unready.json()["checks"]["database"]["ok"], false);
+    assert_eq!(unready.json()["checks"]["device"]["ok"], true);
 
     proxy.set_down(false);
     assert_eq!(segment().status, 200);
+    let ready = curl(replica.addr, "/readyz", &[]);
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["checks"]["database"]["ok"], true);
     // Two images, two quarter credits: the refused request charged nothing.
     let account = curl(replica.addr, "/v1/account", &["-H", &header]).json();
     assert_eq!(account["credits"]["available"], 9999.5, "{account}");
@@ -1423,4 +1430,299 @@ fn a_panic_in_the_renderer_fails_one_request_and_the_server_carries_on() {
     let health = curl(addr, "/health", &[]);
     assert_eq!(health.json()["queued"], 0, "no job left counted");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `/metrics` parsed back with an independent parser of the text format.
+fn scrape(addr: SocketAddr, args: &[&str]) -> (Reply, prometheus_parse::Scrape) {
+    let reply = curl(addr, "/metrics", args);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let text = String::from_utf8(reply.body.clone()).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    (reply, scrape)
+}
+
+/// The value of the sample `metric` whose labels include `labels` (0 when there is none:
+/// a labelled counter appears at its first increment).
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map_or(0.0, |s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => panic!("{metric} is not a single value"),
+        })
+}
+
+/// A multipart body with one file field, built here so that its exact length is known.
+fn multipart_body(field: &str, file: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "cutout-test-boundary-7d1f";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"a.jpg\"\r\n\
+         Content-Type: image/jpeg\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (
+        format!("content-type: multipart/form-data; boundary={boundary}"),
+        body,
+    )
+}
+
+/// Known requests move `/metrics` by exactly what they were: counts by route and status,
+/// body bytes in and out, megapixels, one sample per stage histogram, one batch of one.
+#[test]
+fn metrics_move_by_exactly_the_requests_sent() {
+    let addr = start(Config::default());
+    let dir = std::env::temp_dir().join(format!("cutout-http-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let photo = std::fs::read(fixture("images/chelsea.jpg")).unwrap();
+    let (width, height) = image::load_from_memory(&photo)
+        .unwrap()
+        .to_rgba8()
+        .dimensions();
+    let (content_type, good) = multipart_body("image_file", &photo);
+    let (_, bad) = multipart_body("image_file", b"not an image");
+    std::fs::write(dir.join("good"), &good).unwrap();
+    std::fs::write(dir.join("bad"), &bad).unwrap();
+    let post = |file: &str| {
+        let data = format!("@{}", dir.join(file).display());
+        curl(
+            addr,
+            "/v1/segment",
+            &["-H", &content_type, "--data-binary", &data],
+        )
+    };
+
+    let (before_reply, before) = scrape(addr, &[]);
+    let served = post("good");
+    assert_eq!(served.status, 200);
+    let refused = post("bad");
+    assert_eq!(refused.status, 400);
+    let missing = curl(addr, "/no/such/page", &[]);
+    assert_eq!(missing.status, 404);
+    let (_, after) = scrape(addr, &[]);
+
+    let delta = |metric: &str, labels: &[(&str, &str)]| {
+        sample(&after, metric, labels) - sample(&before, metric, labels)
+    };
+    let requests = |route, status| {
+        delta(
+            "cutout_requests_total",
+            &[("route", route), ("status", status)],
+        )
+    };
+    assert_eq!(requests("/v1/segment", "200"), 1.0);
+    assert_eq!(requests("/v1/segment", "400"), 1.0);
+    assert_eq!(requests("other", "404"), 1.0);
+    assert_eq!(requests("/metrics", "200"), 1.0, "the first scrape");
+    assert_eq!(
+        delta("cutout_received_bytes_total", &[]),
+        (good.len() + bad.len()) as f64
+    );
+    let sent =
+        before_reply.body.len() + served.body.len() + refused.body.len() + missing.body.len();
+    assert_eq!(delta("cutout_sent_bytes_total", &[]), sent as f64);
+    let megapixels = delta(
+        "cutout_processed_megapixels_total",
+        &[("route", "/v1/segment")],
+    );
+    assert!(
+        (megapixels - width as f64 * height as f64 / 1e6).abs() < 1e-9,
+        "{megapixels}"
+    );
+    for stage in [
+        "read_body",
+        "decode",
+        "queue_wait",
+        "preprocess",
+        "forward",
+        "effects",
+        "readback",
+        "encode",
+        "total",
+    ] {
+        let count = delta("cutout_stage_duration_seconds_count", &[("stage", stage)]);
+        assert_eq!(count, 1.0, "{stage}");
+    }
+    let forward = delta("cutout_stage_duration_seconds_sum", &[("stage", "forward")]);
+    let total = delta("cutout_stage_duration_seconds_sum", &[("stage", "total")]);
+    assert!(forward > 0.0 && total >= forward, "{forward} {total}");
+    assert_eq!(
+        delta(
+            "cutout_request_duration_seconds_count",
+            &[("route", "/v1/segment")]
+        ),
+        2.0
+    );
+    assert_eq!(delta("cutout_images_total", &[("key", "-")]), 1.0);
+    let charged: f64 = served.header("x-credits-charged").unwrap().parse().unwrap();
+    assert_eq!(delta("cutout_credits_total", &[("key", "-")]), charged);
+    assert_eq!(delta("cutout_batch_size_count", &[]), 1.0);
+    assert_eq!(delta("cutout_batch_size_sum", &[]), 1.0);
+    assert_eq!(sample(&after, "cutout_queue_depth", &[]), 0.0);
+    assert_eq!(sample(&after, "cutout_in_flight_megapixels", &[]), 0.0);
+    assert_eq!(sample(&after, "cutout_memory_in_flight_bytes", &[]), 0.0);
+    assert_eq!(
+        sample(&after, "cutout_build_info", &[("model", "u2netp")]),
+        1.0
+    );
+    assert!(sample(&after, "process_resident_memory_bytes", &[]) > 0.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// With accounts, `/metrics` is for admin keys: 401 without a key, 403 with another; images
+/// are counted by key name, and no key appears in it.
+#[test]
+fn metrics_need_an_admin_key_and_count_by_key_name() {
+    let replica = start_with_store(Config::default(), Some(sqlite_url("metrics")));
+    let shop = create_key(&replica, NewKey::named("shop"));
+    let admin = create_key(
+        &replica,
+        NewKey {
+            admin: true,
+            ..NewKey::named("ops")
+        },
+    );
+    let missing = curl(replica.addr, "/metrics", &[]);
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.json()["error"]["code"], "authentication_error");
+    let shop_header = format!("x-api-key: {shop}");
+    let other = curl(replica.addr, "/metrics", &["-H", &shop_header]);
+    assert_eq!(other.status, 403);
+    assert_eq!(other.json()["error"]["code"], "forbidden");
+
+    let image = format!("image_file={}", photo());
+    let served = curl(
+        replica.addr,
+        "/v1/segment",
+        &["-H", &shop_header, "-F", &image, "-F", "size=preview"],
+    );
+    assert_eq!(served.status, 200);
+    let bearer = format!("authorization: Bearer {admin}");
+    let (reply, scrape) = scrape(replica.addr, &["-H", &bearer]);
+    assert_eq!(
+        sample(&scrape, "cutout_images_total", &[("key", "shop")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&scrape, "cutout_credits_total", &[("key", "shop")]),
+        0.25
+    );
+    let text = String::from_utf8_lossy(&reply.body);
+    assert!(!text.contains(&shop) && !text.contains(&admin));
+}
+
+/// `/readyz` answers 200 while the device answers a probe, and 503 naming the device once
+/// it is lost (no reopen here); `/healthz` only says the process is up.
+#[test]
+fn readiness_follows_the_device() {
+    let own_device = Gpu::new(DevicePreference::Cpu).unwrap();
+    let editor = Editor::load(&own_device, "u2netp", false).unwrap();
+    let config = Config {
+        readiness_interval: std::time::Duration::ZERO,
+        ..Config::default()
+    };
+    let addr = start_with_editor(editor, config, None).addr;
+    let ready = curl(addr, "/readyz", &[]);
+    assert_eq!(
+        ready.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&ready.body)
+    );
+    let body = ready.json();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"]["device"]["ok"], true);
+    assert_eq!(body["checks"]["model"]["name"], "u2netp");
+    assert!(body["checks"].get("database").is_none());
+
+    own_device.device.destroy();
+    let lost = curl(addr, "/readyz", &[]);
+    assert_eq!(lost.status, 503, "{}", String::from_utf8_lossy(&lost.body));
+    let body = lost.json();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["checks"]["device"]["ok"], false);
+    assert!(lost.header("retry-after").is_some());
+    assert_eq!(curl(addr, "/healthz", &[]).status, 200);
+}
+
+/// Log lines captured from the process-wide `tracing` subscriber (set once, by the test
+/// that reads them; other tests' lines land here too and are told apart by request id).
+fn captured_logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOGS: OnceLock<std::sync::Mutex<Vec<u8>>> = OnceLock::new();
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        struct Capture;
+        impl std::io::Write for Capture {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                captured_logs().lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(|| Capture)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+    LOGS.get_or_init(Default::default)
+}
+
+/// One JSON line per request with its id, route, status, key name, sizes and stage
+/// timings; never the key itself.
+#[test]
+fn each_request_logs_one_json_line_without_the_key() {
+    captured_logs();
+    let replica = start_with_store(Config::default(), Some(sqlite_url("logs")));
+    let key = create_key(&replica, NewKey::named("shop"));
+    let header = format!("x-api-key: {key}");
+    let image = format!("image_file={}", photo());
+    let served = curl(
+        replica.addr,
+        "/v1/segment",
+        &["-H", &header, "-F", &image, "-F", "size=preview"],
+    );
+    assert_eq!(served.status, 200);
+    let id = served.header("x-request-id").unwrap().to_string();
+    let refused = curl(replica.addr, "/v1/segment", &["-H", "x-api-key: wrong"]);
+    assert_eq!(refused.status, 403);
+    let refused_id = refused.header("x-request-id").unwrap().to_string();
+
+    let logs = String::from_utf8(captured_logs().lock().unwrap().clone()).unwrap();
+    let line = |id: &str| -> serde_json::Value {
+        let lines: Vec<serde_json::Value> = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["request_id"] == id)
+            .collect();
+        assert_eq!(lines.len(), 1, "one line for {id} in:\n{logs}");
+        lines[0].clone()
+    };
+    let served_line = line(&id);
+    assert_eq!(served_line["target"], "cutout::request");
+    assert_eq!(served_line["route"], "/v1/segment");
+    assert_eq!(served_line["status"], 200);
+    assert_eq!(served_line["key"], "shop");
+    assert_eq!(served_line["sent_bytes"], served.body.len() as u64);
+    assert!(served_line["received_bytes"].as_u64().unwrap() > 0);
+    assert!(served_line["forward_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(served_line["credits"], 0.25);
+    let refused_line = line(&refused_id);
+    assert_eq!(refused_line["status"], 403);
+    assert_eq!(refused_line["key"], "-");
+    assert!(!logs.contains(&key), "a key in the logs");
 }

@@ -1,5 +1,5 @@
 use super::{GpuImage, ImageOps, grid};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A mask's foreground box and pixel counts, from `shaders/bbox.wgsl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,5 +90,32 @@ impl ImageOps {
             foreground: v[4],
             uncertain: v[5],
         })
+    }
+}
+
+impl ImageOps {
+    /// A dispatch with a known answer, for health checks: the statistics of one opaque
+    /// pixel, read back. `Ok` when the device ran it and answered right.
+    pub fn probe(&self) -> Result<()> {
+        if let Some(why) = self.gpu.lost() {
+            return Err(Error::DeviceLost(why.to_string()));
+        }
+        let stats = self.capturing(|| {
+            let pixel = image::RgbaImage::from_pixel(1, 1, image::Rgba([0, 0, 0, 255]));
+            let pixel = self.upload(&pixel)?;
+            self.mask_stats(&pixel, MaskChannel::Alpha, [0.0, 0.0, 1.0, 1.0])
+        })?;
+        let expected = MaskStats {
+            bbox: Some([0, 0, 1, 1]),
+            foreground: 1,
+            uncertain: 0,
+        };
+        if stats == expected {
+            Ok(())
+        } else {
+            Err(Error::Device(format!(
+                "a probe answered {stats:?}, expected {expected:?}"
+            )))
+        }
     }
 }

@@ -225,6 +225,8 @@ impl StoreError {
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// `sqlite://PATH` or `postgres://HOST/DATABASE` (no password), for logs.
     fn describe(&self) -> String;
+    /// One round trip to the database (`/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
     /// Stores a key under its hash; [`StoreError::NameTaken`] when a live key has the name.
     async fn create_key(&self, key: &NewKey, hash: &str, now: i64) -> Result<Key, StoreError>;
     /// The live key with this hash.

@@ -390,6 +390,11 @@ where
         self.described.clone()
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn create_key(&self, key: &NewKey, hash: &str, now: i64) -> Result<Key, StoreError> {
         let inserted = sqlx::query(concat!(
             "INSERT INTO keys (name, hash, plan, sandbox, admin, monthly_millicredits, \

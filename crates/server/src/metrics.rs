@@ -1,0 +1,301 @@
+//! `/metrics` in Prometheus' text format. One registry per server, so that several servers
+//! in one process (the tests) count apart. Stage histograms use the stage names of
+//! `cutout_core::timing`, which the log line and `cutout remove --timings` share.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cutout_core::timing::{Stage, StageTimes};
+use prometheus::{
+    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The routes requests are counted under; any other path counts as `other`, so that
+/// scanners probing random paths cannot grow the label set.
+const ROUTES: [&str; 15] = [
+    "/v1/segment",
+    "/v2/edit",
+    "/v1/account",
+    "/v2/account",
+    "/v1.0/removebg",
+    "/v1.0/account",
+    "/v1/remove-background",
+    "/remove-background",
+    "/openapi.json",
+    "/health",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/",
+    "/dashboard",
+];
+
+/// The label a path is counted under.
+pub fn route_label(path: &str) -> &'static str {
+    let path = match path.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    };
+    ROUTES
+        .iter()
+        .find(|route| **route == path)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Latency buckets in seconds: 1 ms to 1 min (a CPU forward of a large model takes seconds).
+const SECONDS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_seconds: HistogramVec,
+    stage_seconds: HistogramVec,
+    received_bytes: IntCounter,
+    sent_bytes: IntCounter,
+    megapixels: CounterVec,
+    images: IntCounterVec,
+    credits: CounterVec,
+    /// Jobs per model batch (observed by the model thread).
+    pub batch_size: Histogram,
+    /// Megapixels of the images queued or being rendered.
+    pub in_flight_megapixels: Gauge,
+    queue_depth: IntGauge,
+    memory_in_flight: IntGauge,
+    memory_budget: IntGauge,
+}
+
+/// What one request did, as its log line and the metrics report it.
+#[derive(Debug, Default)]
+pub struct RequestRecord<'a> {
+    pub route: &'static str,
+    pub status: u16,
+    pub key: Option<&'a str>,
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
+    /// Stage timings of a rendered image (`None` for every other reply).
+    pub rendered: Option<&'a Rendered>,
+    pub total: std::time::Duration,
+}
+
+/// What a rendered image adds to its reply, for the log line and the metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rendered {
+    pub timings: StageTimes,
+    /// The input image's megapixels.
+    pub megapixels: f64,
+    /// Credits the key was charged.
+    pub credits: f64,
+}
+
+/// The name of the caller's key, put on the reply for the log line and the metrics.
+#[derive(Debug, Clone)]
+pub struct KeyName(pub String);
+
+/// Request body bytes read so far: put on the request, counted by the body reader.
+#[derive(Debug, Clone, Default)]
+pub struct Received(pub Arc<AtomicU64>);
+
+impl Received {
+    pub fn add(&self, bytes: usize) {
+        self.0.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The label for requests without a key (`--no-auth`).
+const NO_KEY: &str = "-";
+
+impl Metrics {
+    pub fn new(model: &str, gpu: &cutout_core::gpu::Gpu) -> Self {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique");
+            metric
+        };
+        let float_counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = CounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique");
+            metric
+        };
+        let counter = |name: &str, help: &str| {
+            let metric = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique");
+            metric
+        };
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique");
+            metric
+        };
+        let histogram_vec = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets);
+            let metric = HistogramVec::new(opts, labels).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique");
+            metric
+        };
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("cutout_batch_size", "Jobs per model batch")
+                .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(batch_size.clone()))
+            .expect("unique");
+        let in_flight_megapixels = Gauge::new(
+            "cutout_in_flight_megapixels",
+            "Megapixels of the images queued for or being rendered on the device",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(in_flight_megapixels.clone()))
+            .expect("unique");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "cutout_build_info",
+                "Always 1: the version, model and device as labels",
+            ),
+            &["version", "model", "device", "backend", "device_type"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("unique");
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                model,
+                &gpu.info.name,
+                &format!("{:?}", gpu.info.backend).to_lowercase(),
+                &format!("{:?}", gpu.info.device_type).to_lowercase(),
+            ])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique");
+        Self {
+            requests: counter_vec(
+                "cutout_requests_total",
+                "Requests answered, by route and status",
+                &["route", "status"],
+            ),
+            request_seconds: histogram_vec(
+                "cutout_request_duration_seconds",
+                "Time from a request's first byte to its response, by route",
+                &["route"],
+                SECONDS.to_vec(),
+            ),
+            stage_seconds: histogram_vec(
+                "cutout_stage_duration_seconds",
+                "Time a rendered image spent in each stage (read_body, decode, queue_wait, preprocess, forward, effects, readback, encode, total)",
+                &["stage"],
+                SECONDS.to_vec(),
+            ),
+            received_bytes: counter("cutout_received_bytes_total", "Request body bytes received"),
+            sent_bytes: counter("cutout_sent_bytes_total", "Response body bytes sent"),
+            megapixels: float_counter_vec(
+                "cutout_processed_megapixels_total",
+                "Megapixels of the input images rendered, by route",
+                &["route"],
+            ),
+            images: counter_vec(
+                "cutout_images_total",
+                "Images rendered, by key name ('-' without accounts)",
+                &["key"],
+            ),
+            credits: float_counter_vec(
+                "cutout_credits_total",
+                "Credits charged, by key name",
+                &["key"],
+            ),
+            queue_depth: gauge(
+                "cutout_queue_depth",
+                "Jobs queued for or being rendered on the device",
+            ),
+            memory_in_flight: gauge(
+                "cutout_memory_in_flight_bytes",
+                "Bytes the requests in flight hold of the memory budget",
+            ),
+            memory_budget: gauge(
+                "cutout_memory_budget_bytes",
+                "The memory budget for work in flight (--max-inflight-memory)",
+            ),
+            batch_size,
+            in_flight_megapixels,
+            registry,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn record(&self, request: &RequestRecord) {
+        let status = request.status.to_string();
+        self.requests
+            .with_label_values(&[request.route, &status])
+            .inc();
+        self.request_seconds
+            .with_label_values(&[request.route])
+            .observe(request.total.as_secs_f64());
+        self.received_bytes.inc_by(request.received_bytes);
+        self.sent_bytes.inc_by(request.sent_bytes);
+        if let Some(rendered) = request.rendered {
+            let key = request.key.unwrap_or(NO_KEY);
+            for stage in Stage::ALL {
+                let seconds = match stage {
+                    Stage::Total => request.total,
+                    stage => rendered.timings.get(stage),
+                };
+                self.stage_seconds
+                    .with_label_values(&[stage.name()])
+                    .observe(seconds.as_secs_f64());
+            }
+            self.megapixels
+                .with_label_values(&[request.route])
+                .inc_by(rendered.megapixels);
+            self.images.with_label_values(&[key]).inc();
+            self.credits
+                .with_label_values(&[key])
+                .inc_by(rendered.credits);
+        }
+    }
+
+    /// The text exposition, with the gauges read now.
+    pub fn render(&self, queue_depth: usize, memory_in_flight: u64, memory_budget: u64) -> String {
+        self.queue_depth.set(queue_depth as i64);
+        self.memory_in_flight.set(memory_in_flight as i64);
+        self.memory_budget.set(memory_budget as i64);
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut text)
+            .expect("text encoding to memory");
+        String::from_utf8(text).expect("the text format is UTF-8")
+    }
+}
+
+/// Holds an image's megapixels in `cutout_in_flight_megapixels` until dropped.
+pub struct InFlight<'a> {
+    gauge: &'a Gauge,
+    megapixels: f64,
+}
+
+impl<'a> InFlight<'a> {
+    pub fn new(gauge: &'a Gauge, megapixels: f64) -> Self {
+        gauge.add(megapixels);
+        Self { gauge, megapixels }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.gauge.sub(self.megapixels);
+    }
+}
