@@ -1,7 +1,8 @@
 //! Project tasks: `cargo xtask test`, `cargo xtask cutout ARGS…`, `cargo xtask gallery`,
 //! `cargo xtask fixtures`, `cargo xtask fuzz --minutes N`.
 //! `test` and `cutout` first make sure a Vulkan driver exists, installing Mesa's software
-//! one (lavapipe) on Debian/Ubuntu when there is none, so they work on a fresh machine.
+//! one (lavapipe) on Debian/Ubuntu when there is none, so they work on a fresh machine;
+//! `test` also installs Debian's Chromium and ChromeDriver and starts a throwaway PostgreSQL.
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -11,18 +12,20 @@ use anyhow::{Context, bail};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("test") => ensure_vulkan().and_then(|_| {
-            let full = args[1..].iter().any(|a| a == "--full");
-            let rest: Vec<String> = args[1..]
-                .iter()
-                .filter(|a| *a != "--full")
-                .cloned()
-                .collect();
-            let postgres = ensure_postgres()?;
-            let result = test(&rest).and_then(|_| if full { test_full() } else { Ok(()) });
-            drop(postgres);
-            result
-        }),
+        Some("test") => ensure_vulkan()
+            .and_then(|_| ensure_chromium())
+            .and_then(|_| {
+                let full = args[1..].iter().any(|a| a == "--full");
+                let rest: Vec<String> = args[1..]
+                    .iter()
+                    .filter(|a| *a != "--full")
+                    .cloned()
+                    .collect();
+                let postgres = ensure_postgres()?;
+                let result = test(&rest).and_then(|_| if full { test_full() } else { Ok(()) });
+                drop(postgres);
+                result
+            }),
         Some("gallery") => ensure_vulkan().and_then(|_| {
             cutout(&[
                 "gallery".into(),
@@ -97,8 +100,24 @@ fn fuzz(args: &[String]) -> anyhow::Result<()> {
 
 /// The cargo that runs this xtask, so `cargo +toolchain xtask` stays on that toolchain.
 /// Also hands the store tests the PostgreSQL that [`ensure_postgres`] found or started.
+/// Without the variables `cargo run` sets for xtask itself: ring's build script reruns when
+/// `CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR` and the like change, so inheriting them would
+/// rebuild ring and every crate above it (the engine included) each time a plain `cargo`
+/// command and `cargo xtask` take turns.
 fn cargo_command() -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name.as_ref(),
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+            )
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
     if let Some(url) = TEST_DATABASE_URL.get() {
         command.env("CUTOUT_TEST_DATABASE_URL", url);
     }
@@ -205,6 +224,21 @@ fn ensure_vulkan() -> anyhow::Result<()> {
         "curl",
         "ca-certificates",
     ])
+}
+
+/// Debian's Chromium and its WebDriver, for the playground's browser test (the test finds
+/// them at /usr/bin/chromium and /usr/bin/chromedriver, or `CUTOUT_CHROMIUM`/`CUTOUT_CHROMEDRIVER`).
+fn ensure_chromium() -> anyhow::Result<()> {
+    let present = |variable: &str, default: &str| {
+        std::env::var_os(variable).is_some() || Path::new(default).exists()
+    };
+    if cfg!(not(target_os = "linux"))
+        || (present("CUTOUT_CHROMIUM", "/usr/bin/chromium")
+            && present("CUTOUT_CHROMEDRIVER", "/usr/bin/chromedriver"))
+    {
+        return Ok(());
+    }
+    apt_install(&["chromium", "chromium-driver"])
 }
 
 /// The PostgreSQL the store tests use: `CUTOUT_TEST_DATABASE_URL`, else the default one on

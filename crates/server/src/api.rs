@@ -36,8 +36,16 @@ pub async fn route(state: &State, peer: std::net::SocketAddr, request: Request<I
         (&Method::OPTIONS, _) => Ok(preflight()),
         (&Method::GET, "/openapi.json") => Ok(json_reply(
             StatusCode::OK,
-            crate::openapi::document(state.model),
+            crate::openapi::document(state.model, state.config.max_upload),
         )),
+        (
+            &Method::GET,
+            "" | "/playground.js" | "/playground.css" | "/dashboard" | "/dashboard.js",
+        ) => Ok(asset(&path)),
+        (&Method::GET, "/dashboard/data") => match admin_only(state, peer, &request).await {
+            Ok(()) => crate::dashboard::data(state).await,
+            Err(failure) => Err(failure),
+        },
         (&Method::GET, "/readyz") => Ok(readiness(state).await),
         (&Method::GET, "/metrics") => metrics_page(state, peer, &request).await,
         (&Method::GET, "/health" | "/healthz") => Ok(json_reply(
@@ -73,6 +81,44 @@ pub async fn route(state: &State, peer: std::net::SocketAddr, request: Request<I
 
 /// How long `/readyz` waits for the device's probe and for the database.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The playground's and the dashboard's pages, scripts and style, built into the binary (no
+/// CDN, no build step). The dashboard's page holds no data: `/dashboard/data` needs an admin.
+fn asset(path: &str) -> Reply {
+    let (content_type, text) = match path {
+        "/playground.js" => (
+            "text/javascript; charset=utf-8",
+            include_str!("../assets/playground.js"),
+        ),
+        "/playground.css" => (
+            "text/css; charset=utf-8",
+            include_str!("../assets/playground.css"),
+        ),
+        "/dashboard" => (
+            "text/html; charset=utf-8",
+            include_str!("../assets/dashboard.html"),
+        ),
+        "/dashboard.js" => (
+            "text/javascript; charset=utf-8",
+            include_str!("../assets/dashboard.js"),
+        ),
+        _ => (
+            "text/html; charset=utf-8",
+            include_str!("../assets/index.html"),
+        ),
+    };
+    hyper::Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type)
+        // Only this server's own script, style and images (results are blob: URLs).
+        .header(
+            "content-security-policy",
+            "default-src 'self'; img-src 'self' blob: data:; connect-src 'self' blob:; object-src 'none'; base-uri 'none'",
+        )
+        .header("x-content-type-options", "nosniff")
+        .body(text.into())
+        .expect("valid response")
+}
 
 /// `/readyz`: 200 when the model is loaded, the device answered a tiny dispatch in the last
 /// `Config::readiness_interval` (or answers one now) and the accounts database (if any) answers; else 503

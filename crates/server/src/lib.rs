@@ -5,6 +5,7 @@
 pub mod accounts;
 mod api;
 pub mod body;
+mod dashboard;
 pub mod fetch;
 pub mod keys;
 mod limit;

@@ -13,7 +13,7 @@ use prometheus::{
 
 /// The routes requests are counted under; any other path counts as `other`, so that
 /// scanners probing random paths cannot grow the label set.
-const ROUTES: [&str; 15] = [
+const ROUTES: [&str; 19] = [
     "/v1/segment",
     "/v2/edit",
     "/v1/account",
@@ -28,7 +28,11 @@ const ROUTES: [&str; 15] = [
     "/readyz",
     "/metrics",
     "/",
+    "/playground.js",
+    "/playground.css",
     "/dashboard",
+    "/dashboard.js",
+    "/dashboard/data",
 ];
 
 /// The label a path is counted under.
@@ -297,5 +301,122 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.gauge.sub(self.megapixels);
+    }
+}
+
+/// The routes that render images, whose latency the dashboard reports.
+const IMAGE_ROUTES: [&str; 5] = [
+    "/v1/segment",
+    "/v2/edit",
+    "/v1.0/removebg",
+    "/v1/remove-background",
+    "/remove-background",
+];
+
+/// The metrics since the server started, as the dashboard shows them.
+#[derive(Debug, serde::Serialize)]
+pub struct Overview {
+    /// Requests by status code, over every route.
+    pub by_status: std::collections::BTreeMap<u16, u64>,
+    /// Median and 95th percentile time of image requests, in milliseconds, estimated from
+    /// the histogram's buckets; `None` before the first.
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub batches: u64,
+    pub mean_batch_size: Option<f64>,
+    pub queue_depth: usize,
+    pub in_flight_megapixels: f64,
+}
+
+impl Metrics {
+    pub fn overview(&self, queue_depth: usize) -> Overview {
+        let mut by_status = std::collections::BTreeMap::new();
+        for family in prometheus::core::Collector::collect(&self.requests) {
+            for metric in family.get_metric() {
+                let status = metric
+                    .get_label()
+                    .iter()
+                    .find(|label| label.name() == "status")
+                    .and_then(|label| label.value().parse().ok())
+                    .unwrap_or(0);
+                *by_status.entry(status).or_insert(0) += metric.get_counter().get_value() as u64;
+            }
+        }
+        // The image routes' buckets, summed (every route has the same bounds).
+        let mut buckets: Vec<(f64, u64)> = SECONDS.iter().map(|&upper| (upper, 0)).collect();
+        let mut total = 0;
+        for route in IMAGE_ROUTES {
+            let histogram = self.request_seconds.with_label_values(&[route]);
+            let family = prometheus::core::Collector::collect(&histogram);
+            for metric in family.iter().flat_map(|f| f.get_metric()) {
+                let histogram = metric.get_histogram();
+                total += histogram.get_sample_count();
+                for (sum, bucket) in buckets.iter_mut().zip(histogram.get_bucket()) {
+                    sum.1 += bucket.cumulative_count();
+                }
+            }
+        }
+        let batches = self.batch_size.get_sample_count();
+        Overview {
+            by_status,
+            p50_ms: quantile(0.5, &buckets, total).map(|s| s * 1e3),
+            p95_ms: quantile(0.95, &buckets, total).map(|s| s * 1e3),
+            batches,
+            mean_batch_size: (batches > 0)
+                .then(|| self.batch_size.get_sample_sum() / batches as f64),
+            queue_depth,
+            in_flight_megapixels: self.in_flight_megapixels.get(),
+        }
+    }
+}
+
+/// The `q`-quantile of a histogram from its cumulative buckets (upper bound, count at or
+/// below it) and its total count, interpolated linearly inside the bucket it falls in, as
+/// Prometheus' `histogram_quantile` does; past the last finite bound, that bound.
+fn quantile(q: f64, buckets: &[(f64, u64)], total: u64) -> Option<f64> {
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let (mut lower, mut below) = (0.0, 0);
+    for &(upper, cumulative) in buckets {
+        if cumulative as f64 >= rank {
+            let inside = (cumulative - below) as f64;
+            let fraction = if inside > 0.0 {
+                (rank - below as f64) / inside
+            } else {
+                0.0
+            };
+            return Some(lower + (upper - lower) * fraction);
+        }
+        (lower, below) = (upper, cumulative);
+    }
+    Some(lower)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_their_bucket() {
+        // 10 samples: 2 at or below 0.1 s, 8 at or below 0.5 s, 10 at or below 1 s.
+        let buckets = [(0.1, 2), (0.5, 8), (1.0, 10)];
+        // Rank 5 is the 3rd of the 6 samples in (0.1, 0.5]: 0.1 + 0.4 × 3/6.
+        assert!((quantile(0.5, &buckets, 10).unwrap() - 0.3).abs() < 1e-12);
+        // Rank 9.5 is 1.5 of the 2 samples in (0.5, 1]: 0.5 + 0.5 × 0.75.
+        assert!((quantile(0.95, &buckets, 10).unwrap() - 0.875).abs() < 1e-12);
+        // Rank 1 is half of the first bucket, which starts at 0.
+        assert!((quantile(0.1, &buckets, 10).unwrap() - 0.05).abs() < 1e-12);
+        assert_eq!(quantile(0.5, &buckets, 0), None);
+        // Samples above every finite bound: the last bound.
+        assert_eq!(quantile(0.99, &[(0.1, 1), (1.0, 1)], 4), Some(1.0));
+    }
+
+    #[test]
+    fn paths_outside_the_api_count_as_other() {
+        assert_eq!(route_label("/v1/segment/"), "/v1/segment");
+        assert_eq!(route_label("/"), "/");
+        assert_eq!(route_label("/wp-login.php"), "other");
     }
 }

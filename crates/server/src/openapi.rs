@@ -22,12 +22,42 @@ fn schema(kind: Kind) -> Value {
     }
 }
 
+/// The group a parameter belongs to, as the APIs' documents group them (the playground
+/// lays its form out by these; `x-group` in the schema).
+pub fn group(name: &str) -> &'static str {
+    match name {
+        "imageUrl" | "imageFile" | "image_file" | "image_file_b64" | "image_url" | "image" => {
+            "Image"
+        }
+        n if n.starts_with("background.") || n.starts_with("bg_") => "Background",
+        n if n.starts_with("outline.") => "Outline",
+        n if n.starts_with("shadow") || n == "add_shadow" => "Shadow",
+        "outputSize" | "maxWidth" | "maxHeight" | "size" | "scale" => "Output size",
+        n if n.starts_with("padding") => "Padding",
+        n if n.starts_with("margin") => "Margin",
+        "scaling"
+        | "horizontalAlignment"
+        | "verticalAlignment"
+        | "position"
+        | "referenceBox"
+        | "ignorePaddingAndSnapOnCroppedSides" => "Alignment",
+        "crop" | "crop_margin" | "roi" => "Crop",
+        "format" | "channels" | "preserveMetadata" => "Format",
+        n if n.starts_with("export.") => "Format",
+        _ => "Subject",
+    }
+}
+
 fn properties(table: &[Param]) -> Value {
     let map: serde_json::Map<String, Value> = table
         .iter()
-        .map(|p| {
+        .enumerate()
+        .map(|(order, p)| {
             let mut s = schema(p.kind);
             s["description"] = json!(p.doc);
+            // The playground's form: the group, and the table's order (JSON objects lose it).
+            s["x-group"] = json!(group(p.name));
+            s["x-order"] = json!(order);
             (p.name.to_string(), s)
         })
         .collect();
@@ -80,8 +110,9 @@ fn form_body(table: &[Param], json_too: bool) -> Value {
 }
 
 /// The document for a server whose masks come from `model` (none of the three APIs has a
-/// per-request model parameter: a server runs the one model it was started with).
-pub fn document(model: &ModelSpec) -> Value {
+/// per-request model parameter: a server runs the one model it was started with) and whose
+/// request bodies may be up to `max_upload` bytes.
+pub fn document(model: &ModelSpec, max_upload: u64) -> Value {
     let account = json!({"get": {"summary": "Account credits", "responses": {"200": {"description": "Credits"}}}});
     let description = format!(
         "Self-hosted background removal and product-photo editing, compatible with PhotoRoom \
@@ -100,7 +131,8 @@ pub fn document(model: &ModelSpec) -> Value {
                 "architecture": format!("{:?}", model.architecture),
                 "inputSize": model.input_size,
                 "licence": model.licence
-            }
+            },
+            "x-cutout-limits": {"maxUploadBytes": max_upload}
         },
         "components": {"securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}},
         "security": [{"apiKey": []}],

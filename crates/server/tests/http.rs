@@ -77,7 +77,7 @@ fn start_with_editor(editor: Editor, mut config: Config, url: Option<String>) ->
 
 /// A fresh SQLite store for one test.
 fn sqlite_url(test: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("cutout-http-{test}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("cutout-http-db-{test}-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
     format!("sqlite://{}", dir.join("cutout.db").display())
 }
@@ -582,6 +582,10 @@ fn openapi_and_the_parser_follow_the_documented_v2_parameters() {
     // The test server runs the default model.
     assert_eq!(doc["info"]["x-cutout-model"]["name"], "u2netp");
     assert_eq!(doc["info"]["x-cutout-model"]["inputSize"], 320);
+    assert_eq!(
+        doc["info"]["x-cutout-limits"]["maxUploadBytes"],
+        30 * 1024 * 1024
+    );
 }
 
 #[test]
@@ -1526,7 +1530,9 @@ fn metrics_move_by_exactly_the_requests_sent() {
     assert_eq!(requests("/metrics", "200"), 1.0, "the first scrape");
     assert_eq!(
         delta("cutout_received_bytes_total", &[]),
-        (good.len() + bad.len()) as f64
+        (good.len() + bad.len()) as f64,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
     );
     let sent =
         before_reply.body.len() + served.body.len() + refused.body.len() + missing.body.len();
@@ -1725,4 +1731,76 @@ fn each_request_logs_one_json_line_without_the_key() {
     assert_eq!(refused_line["status"], 403);
     assert_eq!(refused_line["key"], "-");
     assert!(!logs.contains(&key), "a key in the logs");
+}
+
+/// `/dashboard/data` is for admin keys and reports each key's credits and daily usage from
+/// the store, and the server's statuses, latency and batches from its metrics.
+#[test]
+fn the_dashboard_reports_keys_usage_and_the_servers_counts_to_admins() {
+    let replica = start_with_store(Config::default(), Some(sqlite_url("dashboard")));
+    let shop = create_key(&replica, NewKey::named("shop"));
+    let admin = create_key(
+        &replica,
+        NewKey {
+            admin: true,
+            ..NewKey::named("ops")
+        },
+    );
+    let page = curl(replica.addr, "/dashboard", &[]);
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert_eq!(curl(replica.addr, "/dashboard/data", &[]).status, 401);
+    let shop_header = format!("x-api-key: {shop}");
+    assert_eq!(
+        curl(replica.addr, "/dashboard/data", &["-H", &shop_header]).status,
+        403
+    );
+    let image = format!("image_file={}", photo());
+    let served = curl(
+        replica.addr,
+        "/v1/segment",
+        &["-H", &shop_header, "-F", &image, "-F", "size=preview"],
+    );
+    assert_eq!(served.status, 200);
+    let refused = curl(
+        replica.addr,
+        "/v1/segment",
+        &["-H", &shop_header, "-F", &image, "-F", "size=gigantic"],
+    );
+    assert_eq!(refused.status, 400);
+
+    let admin_header = format!("x-api-key: {admin}");
+    let data = curl(replica.addr, "/dashboard/data", &["-H", &admin_header]);
+    assert_eq!(data.status, 200, "{}", String::from_utf8_lossy(&data.body));
+    let data = data.json();
+    let server = &data["server"];
+    assert_eq!(
+        server["by_status"],
+        serde_json::json!({"200": 2, "400": 1, "401": 1, "403": 1}),
+        "{data}"
+    );
+    assert_eq!(server["batches"], 1);
+    assert_eq!(server["mean_batch_size"], 1.0);
+    assert_eq!(server["queue_depth"], 0);
+    let (p50, p95) = (
+        server["p50_ms"].as_f64().unwrap(),
+        server["p95_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p95 >= p50, "{server}");
+    let keys = data["keys"].as_array().unwrap();
+    let shop_row = keys.iter().find(|k| k["name"] == "shop").unwrap();
+    assert_eq!(shop_row["used"], 0.25);
+    assert_eq!(shop_row["available"], 9999.75);
+    let today = data["today"].as_i64().unwrap();
+    assert_eq!(
+        shop_row["days"],
+        serde_json::json!([{"day": today, "requests": 2, "images": 1, "errors": 1, "credits": 0.25}])
+    );
+    let ops_row = keys.iter().find(|k| k["name"] == "ops").unwrap();
+    assert_eq!(ops_row["admin"], true);
+    assert_eq!(ops_row["days"], serde_json::json!([]));
 }
