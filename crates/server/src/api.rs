@@ -313,7 +313,7 @@ fn memory_failure() -> Failure {
 }
 
 /// The database is down or busy: the request is refused, never served unmetered.
-fn store_failure(error: StoreError) -> Failure {
+pub(crate) fn store_failure(error: StoreError) -> Failure {
     if error.is_unavailable() {
         log::warn!("accounts store: {error}");
         let mut failure = Failure::new(

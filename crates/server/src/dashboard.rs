@@ -6,6 +6,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::State;
+use crate::accounts::Accounts;
+use crate::api::store_failure;
 use crate::respond::{Failure, Reply, json_reply};
 use crate::store::{self, Key};
 
@@ -46,8 +48,8 @@ pub async fn data(state: &State) -> Result<Reply, Failure> {
         today = Some(now.div_euclid(86_400));
         let since = (now.div_euclid(86_400) - (DAYS - 1)) * 86_400;
         let store = accounts.store();
-        for key in store.keys().await.map_err(Failure::internal)? {
-            keys.push(key_usage(state, &key, since).await?);
+        for key in store.keys().await.map_err(store_failure)? {
+            keys.push(key_usage(accounts, &key, since).await?);
         }
     }
     Ok(json_reply(
@@ -66,17 +68,13 @@ pub async fn data(state: &State) -> Result<Reply, Failure> {
     ))
 }
 
-async fn key_usage(state: &State, key: &Key, since: i64) -> Result<KeyUsage, Failure> {
-    let accounts = state
-        .accounts
-        .as_ref()
-        .expect("keys come from the accounts store");
-    let balance = accounts.balance(key).await.map_err(Failure::internal)?;
+async fn key_usage(accounts: &Accounts, key: &Key, since: i64) -> Result<KeyUsage, Failure> {
+    let balance = accounts.balance(key).await.map_err(store_failure)?;
     let days = accounts
         .store()
         .usage_by_day(key.id, since)
         .await
-        .map_err(Failure::internal)?;
+        .map_err(store_failure)?;
     Ok(KeyUsage {
         name: key.name.clone(),
         plan: key.plan.as_str(),
