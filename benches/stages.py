@@ -6,7 +6,7 @@ import json
 import statistics
 import sys
 
-STAGES = ["read_body", "decode", "queue_wait", "preprocess", "forward", "effects",
+STAGES = ["admission", "read_body", "decode", "queue_wait", "preprocess", "forward", "effects",
           "readback", "encode", "total"]
 samples = {stage: [] for stage in STAGES}
 requests = 0

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 /// The stages of one image, in the order it passes through them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// Waiting for the server's memory for work in flight (`cutout serve`'s admission: for
+    /// the body before it is read, then for the image once its size is known).
+    Admission,
     /// Reading the request body (or fetching the image URL).
     ReadBody,
     /// Decoding the image bytes into pixels.
@@ -28,7 +31,8 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 10] = [
+        Stage::Admission,
         Stage::ReadBody,
         Stage::Decode,
         Stage::QueueWait,
@@ -42,6 +46,7 @@ impl Stage {
 
     pub fn name(self) -> &'static str {
         match self {
+            Stage::Admission => "admission",
             Stage::ReadBody => "read_body",
             Stage::Decode => "decode",
             Stage::QueueWait => "queue_wait",

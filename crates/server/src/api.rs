@@ -546,11 +546,12 @@ async fn render(
     let pixels =
         pixels(&image) + background.as_ref().map_or(0, pixels) + edit.fixed_canvas_pixels();
     let needed = MemoryBudget::image_bytes(pixels, state.model);
-    let _memory = state
+    let memory = state
         .memory
         .grow(body, needed)
         .await
         .ok_or_else(memory_failure)?;
+    timings.add(Stage::Admission, memory.waited());
     let start = Instant::now();
     let image = decode(image, "image").await?;
     let (input_width, input_height) = image.dimensions();

@@ -340,6 +340,7 @@ fn log_request(
                 info,
                 megapixels = rendered.megapixels,
                 credits = rendered.credits,
+                admission_ms = stage(Stage::Admission),
                 read_body_ms = stage(Stage::ReadBody),
                 decode_ms = stage(Stage::Decode),
                 queue_wait_ms = stage(Stage::QueueWait),

@@ -26,14 +26,20 @@ pub struct MemoryBudget {
     wait: Duration,
 }
 
-/// Bytes claimed for a request until it is dropped.
+/// Bytes claimed for a request until it is dropped, and how long it waited for them.
 pub struct Claim {
     permit: OwnedSemaphorePermit,
+    waited: Duration,
 }
 
 impl Claim {
     fn bytes(&self) -> u64 {
         self.permit.num_permits() as u64 * UNIT
+    }
+
+    /// Time spent waiting for this claim's bytes (across `grow`s).
+    pub fn waited(&self) -> Duration {
+        self.waited
     }
 }
 
@@ -68,8 +74,12 @@ impl MemoryBudget {
     pub async fn admit(&self, bytes: u64) -> Option<Claim> {
         let units = bytes.div_ceil(UNIT).clamp(1, self.units) as u32;
         let acquire = self.permits.clone().acquire_many_owned(units);
+        let started = std::time::Instant::now();
         match tokio::time::timeout(self.wait, acquire).await {
-            Ok(Ok(permit)) => Some(Claim { permit }),
+            Ok(Ok(permit)) => Some(Claim {
+                permit,
+                waited: started.elapsed(),
+            }),
             _ => None,
         }
     }
@@ -77,8 +87,10 @@ impl MemoryBudget {
     /// `held` grown by `bytes`. What it held is given back before waiting, so requests that
     /// each hold a body and wait for their pixels cannot hold each other up.
     pub async fn grow(&self, held: Claim, bytes: u64) -> Option<Claim> {
-        let total = held.bytes() + bytes;
+        let (total, waited) = (held.bytes() + bytes, held.waited);
         drop(held);
-        self.admit(total).await
+        let mut grown = self.admit(total).await?;
+        grown.waited += waited;
+        Some(grown)
     }
 }

@@ -201,7 +201,7 @@ impl Metrics {
             ),
             stage_seconds: histogram_vec(
                 "cutout_stage_duration_seconds",
-                "Time a rendered image spent in each stage (read_body, decode, queue_wait, preprocess, forward, effects, readback, encode, total)",
+                "Time a rendered image spent in each stage (admission, read_body, decode, queue_wait, preprocess, forward, effects, readback, encode, total)",
                 &["stage"],
                 SECONDS.to_vec(),
             ),

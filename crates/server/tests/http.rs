@@ -1546,6 +1546,7 @@ fn metrics_move_by_exactly_the_requests_sent() {
         "{megapixels}"
     );
     for stage in [
+        "admission",
         "read_body",
         "decode",
         "queue_wait",
