@@ -119,59 +119,16 @@ const NO_KEY: &str = "-";
 impl Metrics {
     pub fn new(model: &str, gpu: &cutout_core::gpu::Gpu) -> Self {
         let registry = Registry::new();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(metric.clone())).expect("unique");
-            metric
-        };
-        let float_counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let metric = CounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(metric.clone())).expect("unique");
-            metric
-        };
-        let counter = |name: &str, help: &str| {
-            let metric = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(metric.clone())).expect("unique");
-            metric
-        };
-        let gauge = |name: &str, help: &str| {
-            let metric = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(metric.clone())).expect("unique");
-            metric
-        };
-        let histogram_vec = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let opts = HistogramOpts::new(name, help).buckets(buckets);
-            let metric = HistogramVec::new(opts, labels).expect("valid metric");
-            registry.register(Box::new(metric.clone())).expect("unique");
-            metric
-        };
-        let batch_size = Histogram::with_opts(
-            HistogramOpts::new("cutout_batch_size", "Jobs per model batch")
-                .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(batch_size.clone()))
-            .expect("unique");
-        let in_flight_megapixels = Gauge::new(
-            "cutout_in_flight_megapixels",
-            "Megapixels of the images queued for or being rendered on the device",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(in_flight_megapixels.clone()))
-            .expect("unique");
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "cutout_build_info",
-                "Always 1: the version, model and device as labels",
+        let build_info: IntGaugeVec = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "cutout_build_info",
+                    "Always 1: the version, model and device as labels",
+                ),
+                &["version", "model", "device", "backend", "device_type"],
             ),
-            &["version", "model", "device", "backend", "device_type"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(build_info.clone()))
-            .expect("unique");
+        );
         build_info
             .with_label_values(&[
                 env!("CARGO_PKG_VERSION"),
@@ -186,56 +143,108 @@ impl Metrics {
             .register(Box::new(
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
-            .expect("unique");
+            .expect("a metric name used once");
+        let latency = |name: &str, help: &str, label: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(SECONDS.to_vec());
+            HistogramVec::new(opts, &[label])
+        };
         Self {
-            requests: counter_vec(
-                "cutout_requests_total",
-                "Requests answered, by route and status",
-                &["route", "status"],
+            requests: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cutout_requests_total",
+                        "Requests answered, by route and status",
+                    ),
+                    &["route", "status"],
+                ),
             ),
-            request_seconds: histogram_vec(
-                "cutout_request_duration_seconds",
-                "Time from a request's first byte to its response, by route",
-                &["route"],
-                SECONDS.to_vec(),
+            request_seconds: registered(
+                &registry,
+                latency(
+                    "cutout_request_duration_seconds",
+                    "Time from a request's first byte to its response, by route",
+                    "route",
+                ),
             ),
-            stage_seconds: histogram_vec(
-                "cutout_stage_duration_seconds",
-                "Time a rendered image spent in each stage (admission, read_body, decode, queue_wait, preprocess, forward, effects, readback, encode, total)",
-                &["stage"],
-                SECONDS.to_vec(),
+            stage_seconds: registered(
+                &registry,
+                latency(
+                    "cutout_stage_duration_seconds",
+                    "Time a rendered image spent in each stage (admission, read_body, decode, queue_wait, preprocess, forward, effects, readback, encode, total)",
+                    "stage",
+                ),
             ),
-            received_bytes: counter("cutout_received_bytes_total", "Request body bytes received"),
-            sent_bytes: counter("cutout_sent_bytes_total", "Response body bytes sent"),
-            megapixels: float_counter_vec(
-                "cutout_processed_megapixels_total",
-                "Megapixels of the input images rendered, by route",
-                &["route"],
+            received_bytes: registered(
+                &registry,
+                IntCounter::new("cutout_received_bytes_total", "Request body bytes received"),
             ),
-            images: counter_vec(
-                "cutout_images_total",
-                "Images rendered, by key name ('-' without accounts)",
-                &["key"],
+            sent_bytes: registered(
+                &registry,
+                IntCounter::new("cutout_sent_bytes_total", "Response body bytes sent"),
             ),
-            credits: float_counter_vec(
-                "cutout_credits_total",
-                "Credits charged, by key name",
-                &["key"],
+            megapixels: registered(
+                &registry,
+                CounterVec::new(
+                    Opts::new(
+                        "cutout_processed_megapixels_total",
+                        "Megapixels of the input images rendered, by route",
+                    ),
+                    &["route"],
+                ),
             ),
-            queue_depth: gauge(
-                "cutout_queue_depth",
-                "Jobs queued for or being rendered on the device",
+            images: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cutout_images_total",
+                        "Images rendered, by key name ('-' without accounts)",
+                    ),
+                    &["key"],
+                ),
             ),
-            memory_in_flight: gauge(
-                "cutout_memory_in_flight_bytes",
-                "Bytes the requests in flight hold of the memory budget",
+            credits: registered(
+                &registry,
+                CounterVec::new(
+                    Opts::new("cutout_credits_total", "Credits charged, by key name"),
+                    &["key"],
+                ),
             ),
-            memory_budget: gauge(
-                "cutout_memory_budget_bytes",
-                "The memory budget for work in flight (--max-inflight-memory)",
+            batch_size: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("cutout_batch_size", "Jobs per model batch")
+                        .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]),
+                ),
             ),
-            batch_size,
-            in_flight_megapixels,
+            in_flight_megapixels: registered(
+                &registry,
+                Gauge::new(
+                    "cutout_in_flight_megapixels",
+                    "Megapixels of the images queued for or being rendered on the device",
+                ),
+            ),
+            queue_depth: registered(
+                &registry,
+                IntGauge::new(
+                    "cutout_queue_depth",
+                    "Jobs queued for or being rendered on the device",
+                ),
+            ),
+            memory_in_flight: registered(
+                &registry,
+                IntGauge::new(
+                    "cutout_memory_in_flight_bytes",
+                    "Bytes the requests in flight hold of the memory budget",
+                ),
+            ),
+            memory_budget: registered(
+                &registry,
+                IntGauge::new(
+                    "cutout_memory_budget_bytes",
+                    "The memory budget for work in flight (--max-inflight-memory)",
+                ),
+            ),
             registry,
         }
     }
@@ -283,6 +292,19 @@ impl Metrics {
             .expect("text encoding to memory");
         String::from_utf8(text).expect("the text format is UTF-8")
     }
+}
+
+/// `metric`, registered in `registry`. prometheus' constructors fail only on an invalid
+/// name or label, and registering only on a name used twice: both bugs in this file.
+fn registered<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("a metric name used once");
+    metric
 }
 
 /// Holds an image's megapixels in `cutout_in_flight_megapixels` until dropped.

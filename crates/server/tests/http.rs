@@ -1586,11 +1586,9 @@ fn metrics_move_by_exactly_the_requests_sent() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// With accounts, `/metrics` is for admin keys: 401 without a key, 403 with another; images
-/// are counted by key name, and no key appears in it.
-#[test]
-fn metrics_need_an_admin_key_and_count_by_key_name() {
-    let replica = start_with_store(Config::default(), Some(sqlite_url("metrics")));
+/// A server with accounts in a fresh SQLite store and two keys: "shop" and the admin "ops".
+fn shop_and_admin(test: &str) -> (Replica, String, String) {
+    let replica = start_with_store(Config::default(), Some(sqlite_url(test)));
     let shop = create_key(&replica, NewKey::named("shop"));
     let admin = create_key(
         &replica,
@@ -1599,6 +1597,14 @@ fn metrics_need_an_admin_key_and_count_by_key_name() {
             ..NewKey::named("ops")
         },
     );
+    (replica, shop, admin)
+}
+
+/// With accounts, `/metrics` is for admin keys: 401 without a key, 403 with another; images
+/// are counted by key name, and no key appears in it.
+#[test]
+fn metrics_need_an_admin_key_and_count_by_key_name() {
+    let (replica, shop, admin) = shop_and_admin("metrics");
     let missing = curl(replica.addr, "/metrics", &[]);
     assert_eq!(missing.status, 401);
     assert_eq!(missing.json()["error"]["code"], "authentication_error");
@@ -1738,15 +1744,7 @@ fn each_request_logs_one_json_line_without_the_key() {
 /// the store, and the server's statuses, latency and batches from its metrics.
 #[test]
 fn the_dashboard_reports_keys_usage_and_the_servers_counts_to_admins() {
-    let replica = start_with_store(Config::default(), Some(sqlite_url("dashboard")));
-    let shop = create_key(&replica, NewKey::named("shop"));
-    let admin = create_key(
-        &replica,
-        NewKey {
-            admin: true,
-            ..NewKey::named("ops")
-        },
-    );
+    let (replica, shop, admin) = shop_and_admin("dashboard");
     let page = curl(replica.addr, "/dashboard", &[]);
     assert_eq!(page.status, 200);
     assert!(
