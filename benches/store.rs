@@ -43,6 +43,7 @@ async fn pairs_per_second(
                         now: 1_796_256_000,
                         expires_at: 1_796_256_120,
                         replica: "bench",
+                        daily_calls: None,
                     };
                     let id = store.reserve(&hold).await.unwrap().expect("allowance");
                     let usage = UsageRow {

@@ -1241,6 +1241,18 @@ fn lossy_webp(alpha: bool) -> Vec<u8> {
         .to_vec()
 }
 
+/// A two-frame animated WebP (lossy frames with alpha, in ANMF chunks).
+fn animated_webp() -> Vec<u8> {
+    let photo = small_photo();
+    let (w, h) = photo.dimensions();
+    let inverted: Vec<u8> = photo.as_raw().iter().map(|v| !v).collect();
+    let config = webp::WebPConfig::new().unwrap();
+    let mut encoder = webp::AnimEncoder::new(w, h, &config);
+    encoder.add_frame(webp::AnimFrame::from_rgba(photo.as_raw(), w, h, 0));
+    encoder.add_frame(webp::AnimFrame::from_rgba(&inverted, w, h, 100));
+    encoder.encode().to_vec()
+}
+
 fn decoder(target: &str, format: Format, bases: Vec<(&'static str, Vec<u8>)>) {
     for (name, bytes) in &bases {
         assert!(
@@ -1305,6 +1317,7 @@ fn fuzz_webp_decoder() {
             ("lossless.webp", encoded(image::ImageFormat::WebP)),
             ("lossy.webp", lossy_webp(false)),
             ("lossy-alpha.webp", lossy_webp(true)),
+            ("animated.webp", animated_webp()),
         ],
     );
 }

@@ -404,6 +404,7 @@ async fn import(
                 now,
                 expires_at: now + 60,
                 replica: "import",
+                daily_calls: None,
             };
             let id = store
                 .reserve(&hold)

@@ -349,6 +349,149 @@ fn a_server_killed_mid_request_gives_its_credit_holds_back() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+#[path = "../../server/tests/common/mod.rs"]
+mod common;
+
+/// A reply's status and headers (names lower-case).
+fn curl_headers(url: &str, args: &[&str]) -> (u16, Vec<(String, String)>) {
+    let output = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-D", "-"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut lines = text.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            Some((name.trim().to_lowercase(), value.trim().to_string()))
+        })
+        .collect();
+    (status, headers)
+}
+
+/// Two `cutout serve` processes on one PostgreSQL, hammered in parallel on one key: one
+/// ledger (a key with 10 credits gets exactly 10 images from the two together, and its
+/// balance ends at 0), one rate limit (in each clock minute, named by the replies'
+/// `X-RateLimit-Reset`, the two together serve at most the key's limit), and a key revoked
+/// with `cutout keys revoke` is refused by both on their next request.
+#[test]
+fn two_serve_processes_on_one_postgres_share_one_ledger_and_one_rate_limit() {
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::fresh_postgres("cutout_cli_replicas"));
+    let create = |args: &[&str]| {
+        let output = cutout()
+            .args(["keys", "create"])
+            .args(args)
+            .args(["--store", &url])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let credits_key = create(&["credits", "--credits", "10", "--rate-limit", "1000"]);
+    let rate_key = create(&["rate", "--rate-limit", "8"]);
+    /// Killed when the test ends, whatever happens in it.
+    struct Replica(std::process::Child);
+    impl Drop for Replica {
+        fn drop(&mut self) {
+            self.0.kill().ok();
+            self.0.wait().ok();
+        }
+    }
+    let replicas: Vec<(Replica, String)> = (0..2)
+        .map(|_| {
+            let port = free_port();
+            let server = cutout()
+                .args(["serve", "--offline", "--addr", &format!("127.0.0.1:{port}")])
+                .args(["--store", &url])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            (Replica(server), format!("http://127.0.0.1:{port}"))
+        })
+        .collect();
+    for (_, base) in &replicas {
+        wait_for("a replica did not start", 60, || {
+            curl_status(&format!("{base}/health"), &[]) == 200
+        });
+    }
+    let image = format!("image_file=@{}", photo("coffee.jpg").display());
+    let hammer = |key: &str, requests: usize| -> Vec<(u16, Vec<(String, String)>)> {
+        let header = format!("x-api-key: {key}");
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..requests)
+                .map(|i| {
+                    let url = format!("{}/v1.0/removebg", replicas[i % 2].1);
+                    let (header, image) = (&header, &image);
+                    scope.spawn(move || {
+                        curl_headers(&url, &["-H", header, "-F", image, "-F", "size=full"])
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+
+    let replies = hammer(&credits_key, 40);
+    let count = |replies: &[(u16, Vec<(String, String)>)], status| {
+        replies.iter().filter(|(s, _)| *s == status).count()
+    };
+    assert_eq!((count(&replies, 200), count(&replies, 402)), (10, 30));
+    for (_, base) in &replicas {
+        let account = curl_text(
+            &format!("{base}/v1/account"),
+            &["-H", &format!("x-api-key: {credits_key}")],
+        );
+        assert!(account.contains("\"available\":0.0"), "{account}");
+    }
+
+    let replies = hammer(&rate_key, 24);
+    let mut served_per_minute = std::collections::BTreeMap::<String, usize>::new();
+    for (status, headers) in &replies {
+        assert!(matches!(status, 200 | 429), "status {status}");
+        if *status == 200 {
+            let reset = headers.iter().find(|(name, _)| name == "x-ratelimit-reset");
+            *served_per_minute
+                .entry(reset.expect("X-RateLimit-Reset").1.clone())
+                .or_default() += 1;
+        }
+    }
+    // The hammer takes seconds: one clock minute, or two if one ended meanwhile.
+    assert!(
+        (1..=2).contains(&served_per_minute.len()),
+        "{served_per_minute:?}"
+    );
+    assert!(
+        served_per_minute.values().all(|&served| served <= 8),
+        "{served_per_minute:?}"
+    );
+    assert!(
+        count(&replies, 200) >= 8 && count(&replies, 429) >= 24 - 8 * served_per_minute.len(),
+        "{served_per_minute:?}"
+    );
+
+    let revoked = cutout()
+        .args(["keys", "revoke", "rate", "--store", &url])
+        .output()
+        .unwrap();
+    assert!(revoked.status.success(), "{revoked:?}");
+    for (_, base) in &replicas {
+        let status = curl_status(
+            &format!("{base}/v1.0/account"),
+            &["-H", &format!("x-api-key: {rate_key}")],
+        );
+        assert_eq!(status, 403, "the revoked key at {base}");
+    }
+}
+
 /// The mean difference of two RGBA images' premultiplied pixels, in levels (0..255).
 fn premultiplied_mean_difference(a: &std::path::Path, b: &std::path::Path) -> f64 {
     let a = image::open(a).unwrap().into_rgba8();

@@ -13,6 +13,18 @@ use crate::store::{self, Balance, Hold, Key, MILLI, RateTake, Store, StoreError,
 
 /// Free calls a sandbox key has per calendar month (PhotoRoom's sandbox: 1,000).
 pub const SANDBOX_MONTHLY_CALLS: i64 = 1000;
+/// Free calls a sandbox key has per UTC day (PhotoRoom's sandbox: 100).
+pub const SANDBOX_DAILY_CALLS: i64 = 100;
+
+/// Why a request's credits could not be held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The key's balance (a sandbox key: its month's free calls) does not cover it.
+    Credits,
+    /// A sandbox key has used its calls for the UTC day; they come back at `resets_at`
+    /// (Unix seconds).
+    SandboxDay { resets_at: i64 },
+}
 
 pub struct Accounts {
     store: Arc<dyn Store>,
@@ -26,6 +38,7 @@ pub struct Accounts {
     clock: Clock,
     /// Reservations this replica holds now: the ones whose lease it renews.
     held: Arc<Mutex<HashSet<i64>>>,
+    sandbox_daily_calls: i64,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -60,7 +73,18 @@ impl Accounts {
             lease,
             clock,
             held: Arc::default(),
+            sandbox_daily_calls: SANDBOX_DAILY_CALLS,
         }
+    }
+
+    /// Sandbox keys get `calls` a day instead of PhotoRoom's 100.
+    pub fn with_sandbox_daily_calls(mut self, calls: i64) -> Self {
+        self.sandbox_daily_calls = calls;
+        self
+    }
+
+    pub fn sandbox_daily_calls(&self) -> i64 {
+        self.sandbox_daily_calls
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -97,9 +121,13 @@ impl Accounts {
             .await
     }
 
-    /// Holds `credits` for one request (a sandbox key holds one of its free calls), or
-    /// `None` when the key cannot pay for it.
-    pub async fn reserve(&self, key: &Key, credits: f64) -> Result<Option<Held>, StoreError> {
+    /// Holds `credits` for one request (a sandbox key holds one of its free calls, within
+    /// its day's), or says why the key cannot have it.
+    pub async fn reserve(
+        &self,
+        key: &Key,
+        credits: f64,
+    ) -> Result<Result<Held, Refused>, StoreError> {
         let millicredits = if key.sandbox {
             MILLI
         } else {
@@ -115,12 +143,20 @@ impl Accounts {
             now,
             expires_at: now + self.lease.as_secs() as i64,
             replica: &self.replica,
+            daily_calls: key.sandbox.then_some(self.sandbox_daily_calls),
         };
         let Some(id) = self.store.reserve(&hold).await? else {
-            return Ok(None);
+            // Which limit it was: a sandbox key with free calls left this month used up its
+            // day's (one more read, on refusals only).
+            if key.sandbox && self.balance(key).await?.available() >= MILLI {
+                return Ok(Err(Refused::SandboxDay {
+                    resets_at: store::day_start(now) + 86_400,
+                }));
+            }
+            return Ok(Err(Refused::Credits));
         };
         self.held.lock().expect("held lock").insert(id);
-        Ok(Some(Held {
+        Ok(Ok(Held {
             store: self.store.clone(),
             held: self.held.clone(),
             id: Some(id),
@@ -141,17 +177,25 @@ impl Accounts {
             return Ok(None);
         }
         let minute = self.now().div_euclid(60);
-        let budget = |used: u32| Budget {
-            limit,
-            remaining: limit.saturating_sub(used),
-            reset: ((minute + 1) * 60) as u64,
-        };
+        let budget = |used| minute_budget(limit, minute, used);
         Ok(Some(
             match self.store.take_rate(key.id, minute, units, limit).await? {
                 RateTake::Taken { used } => Ok(budget(used)),
                 RateTake::Refused { used } => Err(budget(used)),
             },
         ))
+    }
+
+    /// What the key has left in the current minute, taking nothing; `None` when it has no
+    /// limit.
+    pub async fn rate_budget(&self, key: &Key) -> Result<Option<Budget>, StoreError> {
+        let limit = key.rate_limit.unwrap_or(self.default_rate_limit);
+        if limit == 0 {
+            return Ok(None);
+        }
+        let minute = self.now().div_euclid(60);
+        let used = self.store.rate_used(key.id, minute).await?;
+        Ok(Some(minute_budget(limit, minute, used)))
     }
 
     /// Records a request that charged nothing.
@@ -190,6 +234,15 @@ impl Accounts {
                 }
             }
         })
+    }
+}
+
+/// What `used` of `limit` units leaves in clock minute `minute` (Unix seconds / 60).
+fn minute_budget(limit: u32, minute: i64, used: u32) -> Budget {
+    Budget {
+        limit,
+        remaining: limit.saturating_sub(used),
+        reset: ((minute + 1) * 60) as u64,
     }
 }
 

@@ -13,7 +13,7 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 
 use crate::State;
-use crate::accounts::Held;
+use crate::accounts::{Held, Refused};
 use crate::body::{self, BodyError, Form};
 use crate::fetch::{self, FetchError};
 use crate::limit::{self, Budget};
@@ -42,12 +42,14 @@ pub async fn route(state: &State, peer: std::net::SocketAddr, request: Request<I
             &Method::GET,
             "" | "/playground.js" | "/playground.css" | "/dashboard" | "/dashboard.js",
         ) => Ok(asset(&path)),
+        (&Method::GET, "/metrics") => admin_only(state, peer, &request)
+            .await
+            .map(|()| metrics_page(state)),
         (&Method::GET, "/dashboard/data") => match admin_only(state, peer, &request).await {
             Ok(()) => crate::dashboard::data(state).await,
             Err(failure) => Err(failure),
         },
         (&Method::GET, "/readyz") => Ok(readiness(state).await),
-        (&Method::GET, "/metrics") => metrics_page(state, peer, &request).await,
         (&Method::GET, "/health" | "/healthz") => Ok(json_reply(
             StatusCode::OK,
             json!({
@@ -164,22 +166,17 @@ async fn readiness(state: &State) -> Reply {
 }
 
 /// `/metrics` in Prometheus' text format, with the gauges read now.
-async fn metrics_page(
-    state: &State,
-    peer: std::net::SocketAddr,
-    request: &Request<Incoming>,
-) -> Result<Reply, Failure> {
-    admin_only(state, peer, request).await?;
+fn metrics_page(state: &State) -> Reply {
     let text = state.metrics.render(
         state.queue.in_flight(),
         state.memory.in_flight(),
         state.memory.bytes(),
     );
-    Ok(hyper::Response::builder()
+    hyper::Response::builder()
         .status(StatusCode::OK)
         .header("content-type", prometheus::TEXT_FORMAT)
         .body(text.into())
-        .expect("valid response"))
+        .expect("valid response")
 }
 
 /// Pages about the whole server (metrics, the dashboard) are for admin keys (401 without a
@@ -214,9 +211,29 @@ async fn api(state: &State, request: Request<Incoming>, path: &str, dialect: Dia
     };
     let mut reply = serve(state, request, path, dialect, key.as_ref(), started).await;
     if let Some(key) = key {
+        rate_headers(state, &key, &mut reply).await;
         reply.extensions_mut().insert(KeyName(key.name));
     }
     reply
+}
+
+/// `X-RateLimit-*` on every reply to a key with a limit: a reply whose request took nothing
+/// from the minute (an error before the image was sized, an account call) reports what is
+/// left without taking any. Left out if the database cannot say.
+async fn rate_headers(state: &State, key: &Key, reply: &mut Reply) {
+    let Some(accounts) = &state.accounts else {
+        return;
+    };
+    if reply.headers().contains_key("x-ratelimit-limit") {
+        return;
+    }
+    if let Ok(Some(budget)) = accounts.rate_budget(key).await {
+        for (name, value) in budget.headers() {
+            reply
+                .headers_mut()
+                .insert(name, value.parse().expect("digits"));
+        }
+    }
 }
 
 /// An authenticated API request: the handler, then the usage history of one that failed.
@@ -381,8 +398,8 @@ async fn reserve_credits(
         return Ok(None);
     };
     match accounts.reserve(key, credits).await {
-        Ok(Some(held)) => Ok(Some(held)),
-        Ok(None) => Err(Failure::new(
+        Ok(Ok(held)) => Ok(Some(held)),
+        Ok(Err(Refused::Credits)) => Err(Failure::new(
             StatusCode::PAYMENT_REQUIRED,
             "insufficient_credits",
             if key.sandbox {
@@ -391,6 +408,18 @@ async fn reserve_credits(
                 "Insufficient credits"
             },
         )),
+        Ok(Err(Refused::SandboxDay { resets_at })) => {
+            let mut failure = Failure::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "sandbox_daily_limit",
+                format!(
+                    "Sandbox quota exhausted for today ({} calls a day; resets at 00:00 UTC)",
+                    accounts.sandbox_daily_calls()
+                ),
+            );
+            failure.retry_after = Some((resets_at - accounts.now()).max(1) as u64);
+            Err(failure)
+        }
         Err(e) => Err(store_failure(e)),
     }
 }
@@ -540,11 +569,12 @@ async fn render(
             .map_err(|e| decode_failure(e, what))
     };
     // Before any pixel is decoded: the body's claim grows to what the image will need.
-    let pixels = |bytes: &Bytes| {
-        cutout_core::decode::dimensions(bytes).map_or(0, |(w, h)| w as u64 * h as u64)
-    };
-    let pixels =
-        pixels(&image) + background.as_ref().map_or(0, pixels) + edit.fixed_canvas_pixels();
+    let size = |bytes: &Bytes| cutout_core::decode::dimensions(bytes).unwrap_or((0, 0));
+    let pixels = |(w, h): (u32, u32)| w as u64 * h as u64;
+    let (width, height) = size(&image);
+    let pixels = pixels((width, height))
+        + background.as_ref().map_or(0, |b| pixels(size(b)))
+        + edit.canvas_pixels_beyond_input([width, height]);
     let needed = MemoryBudget::image_bytes(pixels, state.model);
     let memory = state
         .memory

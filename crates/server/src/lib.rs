@@ -32,7 +32,9 @@ use tokio::net::TcpListener;
 
 pub use fetch::FetchPolicy;
 pub use limit::{Clock, system_clock, unix_now};
-pub use queue::{Batching, Reopen, WorkerHook, WorkerStage};
+#[cfg(feature = "fault-injection")]
+pub use queue::WorkerHook;
+pub use queue::{Batching, Reopen, WorkerStage};
 
 pub struct Config {
     pub batching: Batching,
@@ -49,6 +51,8 @@ pub struct Config {
     /// Megapixel images per minute (remove.bg's rule; PhotoRoom endpoints count images) of
     /// keys without their own limit; 0 for no limit.
     pub rate_limit: u32,
+    /// Free calls a sandbox key has per UTC day (PhotoRoom's 100); more get 429.
+    pub sandbox_daily_calls: i64,
     /// How long a credit hold outlives its replica's last renewal (renewed every third of
     /// it): a replica that dies mid-request gives its holds back after at most this.
     pub lease: Duration,
@@ -76,6 +80,7 @@ pub struct Config {
     /// The time credits and rate limits count months and minutes by.
     pub clock: Clock,
     /// Called by the GPU workers before each job (tests inject faults with it); `None`.
+    #[cfg(feature = "fault-injection")]
     pub worker_hook: Option<WorkerHook>,
     /// Opens a new device and model when the device is lost; `None`: requests get 503 until
     /// the server is restarted.
@@ -100,6 +105,7 @@ impl Default for Config {
             store: None,
             monthly_credits: 10_000.0,
             rate_limit: 500,
+            sandbox_daily_calls: accounts::SANDBOX_DAILY_CALLS,
             lease: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(30),
             body_pace: body::Pace {
@@ -112,6 +118,7 @@ impl Default for Config {
             max_header_bytes: 64 * 1024,
             max_inflight_memory: 1536 << 20,
             admission_wait: Duration::from_secs(30),
+            #[cfg(feature = "fault-injection")]
             worker_hook: None,
             reopen: None,
             readiness_interval: Duration::from_secs(10),
@@ -159,21 +166,28 @@ pub async fn start(addr: SocketAddr, editor: Editor, config: Config) -> std::io:
     let addr = listener.local_addr()?;
     let model = editor.remover().session().spec;
     let metrics = metrics::Metrics::new(model.name, editor.ops().gpu());
+    #[cfg(feature = "fault-injection")]
+    let hook = config.worker_hook.clone();
+    #[cfg(not(feature = "fault-injection"))]
+    let hook = queue::Hook;
     let (queue, worker) = queue::JobQueue::start(
         editor,
         config.reopen.clone(),
         config.batching.clone(),
-        config.worker_hook.clone(),
+        hook,
         metrics.batch_size.clone(),
     );
     let accounts = config.store.clone().map(|store| {
-        Arc::new(accounts::Accounts::new(
-            store,
-            config.monthly_credits,
-            config.rate_limit,
-            config.lease,
-            config.clock.clone(),
-        ))
+        Arc::new(
+            accounts::Accounts::new(
+                store,
+                config.monthly_credits,
+                config.rate_limit,
+                config.lease,
+                config.clock.clone(),
+            )
+            .with_sandbox_daily_calls(config.sandbox_daily_calls),
+        )
     });
     let lease_keeper = accounts.as_ref().map(|a| a.keep_leases());
     let largest = config.max_upload

@@ -58,8 +58,9 @@ impl MemoryBudget {
     }
 
     /// Bytes a request needs once its image is known, beyond its body: the pixels of its
-    /// image, background and a canvas it names (`BYTES_PER_PIXEL` each) and one forward of
-    /// `model`.
+    /// image, its background and the most its canvas can add to them (a size it names, the
+    /// room `crop_margin` adds: `Edit::canvas_pixels_beyond_input`), `BYTES_PER_PIXEL`
+    /// each, and one forward of `model`.
     pub fn image_bytes(pixels: u64, model: &cutout_core::model::ModelSpec) -> u64 {
         pixels * BYTES_PER_PIXEL + model.forward_bytes()
     }

@@ -46,7 +46,28 @@ pub enum WorkerStage {
 
 /// Called by the worker threads before they work on each job: tests inject faults with it
 /// (a panic, as a bug would cause; a lost device) to check that the server survives them.
+/// Only in builds with the `fault-injection` feature (this crate's tests).
+#[cfg(feature = "fault-injection")]
 pub type WorkerHook = Arc<dyn Fn(WorkerStage, &Job, &Editor) + Send + Sync>;
+
+/// The fault-injection hook the workers call, if any.
+#[cfg(feature = "fault-injection")]
+pub(crate) type Hook = Option<WorkerHook>;
+/// Builds without fault injection have no hook to call.
+#[cfg(not(feature = "fault-injection"))]
+#[derive(Clone)]
+pub(crate) struct Hook;
+
+/// Calls the hook (if there is one) for each of `jobs`.
+#[cfg(feature = "fault-injection")]
+fn inject(hook: &Hook, stage: WorkerStage, jobs: &[Job], editor: &Editor) {
+    if let Some(hook) = hook {
+        jobs.iter().for_each(|job| hook(stage, job, editor));
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn inject(_: &Hook, _: WorkerStage, _: &[Job], _: &Editor) {}
 
 /// Opens a new device and loads the model on it, after the device was lost.
 pub type Reopen = Arc<dyn Fn() -> cutout_core::Result<Editor> + Send + Sync>;
@@ -168,7 +189,7 @@ impl JobQueue {
         editor: Editor,
         reopen: Option<Reopen>,
         batching: Batching,
-        hook: Option<WorkerHook>,
+        hook: Hook,
         batch_size: prometheus::Histogram,
     ) -> (Self, std::thread::JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(batching.capacity.max(1));
@@ -185,9 +206,7 @@ impl JobQueue {
             let answered = answered.clone();
             std::thread::Builder::new()
                 .name("effects-worker".into())
-                .spawn(move || {
-                    finish_batches(&editor, to_finish, &in_flight, hook.as_ref(), &answered)
-                })
+                .spawn(move || finish_batches(&editor, to_finish, &in_flight, &hook, &answered))
                 .expect("spawn the effects worker")
         };
         let current = editor.clone();
@@ -195,14 +214,13 @@ impl JobQueue {
         let model = std::thread::Builder::new()
             .name("model-worker".into())
             .spawn(move || {
-                let hook = hook.as_ref();
                 segment_batches(
                     &editor,
                     receiver,
                     &batching,
                     segmented,
                     &in_flight_model,
-                    hook,
+                    &hook,
                     &batch_size,
                 );
                 let _ = effects.join();
@@ -323,7 +341,7 @@ fn segment_batches(
     batching: &Batching,
     segmented: std::sync::mpsc::SyncSender<SegmentedBatch>,
     in_flight: &AtomicUsize,
-    hook: Option<&WorkerHook>,
+    hook: &Hook,
     batch_size: &prometheus::Histogram,
 ) {
     let mut carried = None;
@@ -338,10 +356,7 @@ fn segment_batches(
         log::debug!("segmenting a batch of {}", jobs.len());
         batch_size.observe(jobs.len() as f64);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            if let Some(hook) = hook {
-                jobs.iter()
-                    .for_each(|job| hook(WorkerStage::Segment, job, &editor));
-            }
+            inject(hook, WorkerStage::Segment, &jobs, &editor);
             editor.segment(&jobs)
         }));
         let result = match result {
@@ -378,7 +393,7 @@ fn finish_batches(
     current: &Current,
     segmented: std::sync::mpsc::Receiver<SegmentedBatch>,
     in_flight: &AtomicUsize,
-    hook: Option<&WorkerHook>,
+    hook: &Hook,
     answered: &Answered,
 ) {
     for (editor, jobs, result, ready, waits_and_replies) in segmented {
@@ -389,10 +404,7 @@ fn finish_batches(
         // Failures answered only after the device is reopened, so a retry finds it working.
         let mut failed: Vec<(Reply, cutout_core::Result<EditOutput>)> = Vec::new();
         let finished = catch_unwind(AssertUnwindSafe(|| {
-            if let Some(hook) = hook {
-                jobs.iter()
-                    .for_each(|job| hook(WorkerStage::Finish, job, &editor));
-            }
+            inject(hook, WorkerStage::Finish, &jobs, &editor);
             editor.finish_each(&jobs, result, |i, mut result| {
                 let Some((waited, reply)) = replies[i].take() else {
                     return;

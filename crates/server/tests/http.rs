@@ -688,7 +688,14 @@ fn account_endpoints_report_subscription_and_payg_from_the_store() {
 
 #[test]
 fn sandbox_keys_pay_nothing_and_get_watermarks() {
-    let replica = start_with_store(Config::default(), Some(sqlite_url("sandbox")));
+    // 22:14:40 UTC: 6,320 s before the day's free calls come back.
+    let now: u64 = 1_700_000_080;
+    let config = Config {
+        sandbox_daily_calls: 2,
+        clock: std::sync::Arc::new(move || now),
+        ..Config::default()
+    };
+    let replica = start_with_store(config, Some(sqlite_url("sandbox")));
     let key = create_key(
         &replica,
         NewKey {
@@ -705,6 +712,29 @@ fn sandbox_keys_pay_nothing_and_get_watermarks() {
     let attributes = &account["data"]["attributes"];
     assert_eq!(attributes["api"]["free_calls"], 999.0, "{account}");
     assert_eq!(attributes["credits"]["total"], 0.0);
+
+    // The day's second call is the last (this server allows 2 a day; PhotoRoom 100): the
+    // third waits for 00:00 UTC, with nothing taken from the month's free calls.
+    let second = curl(replica.addr, "/v1/segment", &["-H", &header, "-F", &image]);
+    assert_eq!(second.status, 200);
+    let third = curl(replica.addr, "/v1/segment", &["-H", &header, "-F", &image]);
+    assert_eq!(
+        third.status,
+        429,
+        "{}",
+        String::from_utf8_lossy(&third.body)
+    );
+    assert_eq!(third.header("retry-after"), Some("6320"));
+    assert!(
+        String::from_utf8_lossy(&third.body).contains("Sandbox quota exhausted for today"),
+        "{}",
+        String::from_utf8_lossy(&third.body)
+    );
+    let account = curl(replica.addr, "/v1.0/account", &["-H", &header]).json();
+    assert_eq!(
+        account["data"]["attributes"]["api"]["free_calls"], 998.0,
+        "{account}"
+    );
 }
 
 #[test]
@@ -769,6 +799,20 @@ fn rate_limit_counts_megapixel_images_and_answers_429() {
     assert_eq!(first.header("x-ratelimit-remaining"), Some("1"));
     // The end of the clock minute, in Unix seconds.
     assert_eq!(first.header("x-ratelimit-reset"), Some("1700000100"));
+    // Replies that take nothing from the minute report it too: an error, an account call.
+    let invalid = curl(
+        addr,
+        "/v1.0/removebg",
+        &["-H", &header, "-F", "size=preview"],
+    );
+    assert_eq!(invalid.status, 400, "no image");
+    let account = curl(addr, "/v1.0/account", &["-H", &header]);
+    assert_eq!(account.status, 200);
+    for reply in [&invalid, &account] {
+        assert_eq!(reply.header("x-ratelimit-limit"), Some("3"));
+        assert_eq!(reply.header("x-ratelimit-remaining"), Some("1"));
+        assert_eq!(reply.header("x-ratelimit-reset"), Some("1700000100"));
+    }
 
     // The second large image does not fit in what is left of the minute.
     let refused = removebg(&large_file);
@@ -1336,6 +1380,7 @@ fn red_square_upload(dir: &std::path::Path, side: u32) -> String {
 /// about to be segmented — fails that request with 503 and `Retry-After`, and the worker
 /// opens a new device and model: the next requests are served. (On its own device: the
 /// other tests share theirs.)
+#[cfg(feature = "fault-injection")]
 #[test]
 fn a_lost_device_is_reported_as_503_and_reopened() {
     use cutout_server::{Reopen, WorkerHook, WorkerStage};
@@ -1394,6 +1439,7 @@ fn a_lost_device_is_reported_as_503_and_reopened() {
 /// A panic while rendering (injected through `Config::worker_hook`, as a bug would cause
 /// one) fails that request with 500 and the server carries on serving, in either worker
 /// thread.
+#[cfg(feature = "fault-injection")]
 #[test]
 fn a_panic_in_the_renderer_fails_one_request_and_the_server_carries_on() {
     use cutout_server::{WorkerHook, WorkerStage};

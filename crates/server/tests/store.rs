@@ -63,6 +63,7 @@ fn hold<'a>(key_id: i64, credits: f64, allowance: f64) -> Hold<'a> {
         now: NOW,
         expires_at: NOW + 60,
         replica: "replica-a",
+        daily_calls: None,
     }
 }
 
@@ -299,6 +300,75 @@ async fn expired_leases_are_released_and_renewed_ones_kept(store: Arc<dyn Store>
             .await
             .unwrap()
     );
+}
+
+contract!(sandbox_calls_are_capped_per_utc_day);
+/// A hold with a daily cap (sandbox keys) counts the key's requests answered with an image
+/// since the UTC day began plus those in flight; failed requests, holds given back and
+/// yesterday's calls do not count, and a hold without a cap is never refused by it.
+async fn sandbox_calls_are_capped_per_utc_day(store: Arc<dyn Store>) {
+    let key = store
+        .create_key(
+            &NewKey {
+                sandbox: true,
+                ..NewKey::named("trial")
+            },
+            "h",
+            NOW,
+        )
+        .await
+        .unwrap()
+        .id;
+    let capped = |now: i64| Hold {
+        now,
+        expires_at: now + 60,
+        daily_calls: Some(3),
+        ..hold(key, 1.0, 1000.0)
+    };
+    // Yesterday's calls are yesterday's (NOW is 20:26 UTC; 21 hours before is the day before).
+    let yesterday = NOW - 21 * 3600;
+    for _ in 0..3 {
+        let id = store.reserve(&capped(yesterday)).await.unwrap().unwrap();
+        assert!(
+            store
+                .commit(id, &usage(key, yesterday, 0.0, 200))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(store.reserve(&capped(yesterday)).await.unwrap().is_none());
+
+    // Today: three in flight fill the day; one more is refused.
+    let held: Vec<i64> = futures_util::future::join_all(
+        (0..3).map(|_| async { store.reserve(&capped(NOW)).await.unwrap().unwrap() }),
+    )
+    .await;
+    assert!(store.reserve(&capped(NOW)).await.unwrap().is_none());
+    // Two answered, one given back (its request failed, and is recorded as failed).
+    for &id in &held[..2] {
+        assert!(store.commit(id, &usage(key, NOW, 0.0, 200)).await.unwrap());
+    }
+    store.release(held[2]).await.unwrap();
+    store.record(&usage(key, NOW, 0.0, 500)).await.unwrap();
+    let third = store.reserve(&capped(NOW)).await.unwrap().unwrap();
+    assert!(
+        store
+            .commit(third, &usage(key, NOW, 0.0, 200))
+            .await
+            .unwrap()
+    );
+    assert!(store.reserve(&capped(NOW)).await.unwrap().is_none());
+
+    // Without a cap the same key is held (the monthly allowance still has room) and the
+    // next UTC day starts from zero.
+    let uncapped = Hold {
+        daily_calls: None,
+        ..capped(NOW)
+    };
+    let id = store.reserve(&uncapped).await.unwrap().unwrap();
+    store.release(id).await.unwrap();
+    let tomorrow = store::day_start(NOW) + 86_400;
+    assert!(store.reserve(&capped(tomorrow)).await.unwrap().is_some());
 }
 
 contract!(rate_windows_are_shared_per_key_and_minute);

@@ -101,7 +101,8 @@ impl Placement {
         if pixels <= max_pixels as f64 {
             return self;
         }
-        self.scaled((max_pixels as f64 / pixels).sqrt())
+        // Rounded down, so the sides' rounding cannot take the canvas past `max_pixels`.
+        self.scaled((max_pixels as f64 / pixels).sqrt(), f64::floor)
     }
 
     /// Shrinks canvas and content together so the longer side is at most `max_side`.
@@ -110,12 +111,13 @@ impl Placement {
         if longer <= max_side {
             return self;
         }
-        self.scaled(max_side as f64 / longer as f64)
+        self.scaled(max_side as f64 / longer as f64, f64::round)
     }
 
-    fn scaled(self, c: f64) -> Self {
+    /// Canvas and content scaled by `c`, the canvas's sides rounded with `round`.
+    fn scaled(self, c: f64, round: fn(f64) -> f64) -> Self {
         let [w, h] = self.canvas;
-        let canvas = [round_size(w as f64 * c), round_size(h as f64 * c)];
+        let canvas = [w, h].map(|side| round_size(round(side as f64 * c)));
         // Scale by the rounded size so the content fills the canvas exactly as before.
         let cx = canvas[0] as f64 / w as f64;
         let cy = canvas[1] as f64 / h as f64;
@@ -257,12 +259,16 @@ fn place_on_canvas(
     })
 }
 
+/// A `crop_margin` side may be up to half the subject's size or this many pixels, whichever
+/// is more (remove.bg's limit).
+pub(crate) const CROP_MARGIN_FLOOR: f64 = 500.0;
+
 /// remove.bg's rules: the input frame, or the subject box plus `crop_margin`; `scale` fits
 /// the subject into a share of the canvas and `position` places it like CSS
 /// `background-position`.
 fn place_in_frame(layout: &FrameLayout, frame: Rect, subject: Rect) -> Placement {
     if let Some(margin) = &layout.crop {
-        let cap = |share: f64| (0.5 * share).max(500.0);
+        let cap = |share: f64| (0.5 * share).max(CROP_MARGIN_FLOOR);
         let side = |length: Length, of: f64| length.resolve(of).clamp(0.0, cap(of));
         let top = side(margin.top, subject.height());
         let bottom = side(margin.bottom, subject.height());
@@ -468,7 +474,8 @@ mod tests {
         };
         assert_eq!(p.within_pixels(10_000_000), p);
         let small = p.within_pixels(250_000);
-        assert_eq!(small.canvas, [707, 354]);
+        // "Up to 0.25 megapixels": 707×354 would be 250,278.
+        assert_eq!(small.canvas, [707, 353]);
         assert!(small.scale < 0.36 && small.scale > 0.35);
     }
 }

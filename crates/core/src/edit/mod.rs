@@ -342,17 +342,56 @@ impl Edit {
         Ok(())
     }
 
-    /// Pixels of the canvas the request names outright (`outputSize=WxH`), which a small
-    /// input can ask for; 0 when the canvas follows the input's size (never larger than it
-    /// plus its margins).
-    pub fn fixed_canvas_pixels(&self) -> u64 {
-        match &self.layout {
+    /// Where the subject (`subject`, its box in `image`; `None` when the mask is empty)
+    /// lands, and the canvas, after the size limits.
+    pub fn placement(
+        &self,
+        image: [u32; 2],
+        subject: Option<Rect>,
+    ) -> Result<Placement, FieldError> {
+        let mut placement = geometry::place(&self.layout, image, subject)?;
+        if let Some(max) = self.max_pixels {
+            placement = placement.within_pixels(max);
+        }
+        if let Some(max) = self.max_side {
+            placement = placement.within_side(max);
+        }
+        Ok(placement)
+    }
+
+    /// At most how many pixels the canvas of an `image`-sized input can have beyond the
+    /// input's own, whatever the subject turns out to be, so a request can be charged for
+    /// its memory before it is segmented: a canvas the request names outright
+    /// (`outputSize=WxH`, which a small input can ask for) in full, or what remove.bg's
+    /// `crop_margin` can add around the subject (up to half the subject or 500 px a side);
+    /// both within the size limits. 0 when the canvas is the input's frame or smaller.
+    pub fn canvas_pixels_beyond_input(&self, image: [u32; 2]) -> u64 {
+        let input = image[0] as u64 * image[1] as u64;
+        let canvas = match &self.layout {
             Layout::Canvas(CanvasLayout {
                 output_size: OutputSize::Exact(w, h),
                 ..
-            }) => *w as u64 * *h as u64,
-            _ => 0,
-        }
+            }) => return self.within_limits(*w as u64 * *h as u64),
+            Layout::Frame(FrameLayout { crop: Some(_), .. }) => {
+                // `place_in_frame`: the subject box (at most the frame, rounded out) plus
+                // each margin (at most half of it or 500 px), rounded.
+                let side = |s: u32| {
+                    let s = s as u64;
+                    s + 2 * (s / 2 + 1).max(geometry::CROP_MARGIN_FLOOR as u64) + 1
+                };
+                side(image[0]) * side(image[1])
+            }
+            _ => return 0,
+        };
+        self.within_limits(canvas).saturating_sub(input)
+    }
+
+    /// `pixels` as the size limits leave it at most.
+    fn within_limits(&self, pixels: u64) -> u64 {
+        let by_pixels = self.max_pixels.map_or(pixels, |max| pixels.min(max));
+        // A canvas whose longer side is at most `max` has at most max² pixels.
+        self.max_side
+            .map_or(by_pixels, |max| by_pixels.min(max as u64 * max as u64))
     }
 
     /// Whether the result can have transparent pixels (decides remove.bg's `format=auto`).
@@ -376,5 +415,87 @@ fn check_spacing(field: &str, value: Option<Length>) -> Result<(), FieldError> {
             Err(FieldError::new(field, "pixels must not be negative"))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memory charge's canvas bound holds for every subject the mask could give: the
+    /// canvas `placement` computes (what the pipeline renders) never exceeds the input plus
+    /// `canvas_pixels_beyond_input`, over subjects from one pixel to the whole frame,
+    /// margins in pixels and percent past their caps, and the size limits.
+    #[test]
+    fn the_canvas_never_outgrows_its_charged_bound() {
+        let margins = [
+            Sides::all(Length::Pixels(0.0)),
+            Sides::all(Length::Pixels(499.0)),
+            Sides::all(Length::Pixels(100_000.0)),
+            Sides::all(Length::Ratio(0.5)),
+            Sides::all(Length::Ratio(4.0)),
+            Sides {
+                top: Length::Ratio(1.0),
+                right: Length::Pixels(30.0),
+                bottom: Length::Pixels(900.0),
+                left: Length::Ratio(0.1),
+            },
+        ];
+        let layouts = margins
+            .iter()
+            .map(|margin| {
+                Layout::Frame(FrameLayout {
+                    crop: Some(*margin),
+                    ..FrameLayout::default()
+                })
+            })
+            .chain([
+                Layout::Frame(FrameLayout::default()),
+                Layout::Canvas(CanvasLayout::default()),
+                Layout::Canvas(CanvasLayout {
+                    output_size: OutputSize::Exact(4000, 3000),
+                    ..CanvasLayout::default()
+                }),
+            ]);
+        let limits = [
+            (None, None),
+            (Some(25_000_000), None),
+            (Some(250_000), None),
+            (None, Some(500)),
+        ];
+        let mut largest_share = 0.0f64;
+        for layout in layouts {
+            for (max_pixels, max_side) in limits {
+                let edit = Edit {
+                    layout: layout.clone(),
+                    max_pixels,
+                    max_side,
+                    ..Edit::default()
+                };
+                for image in [[1, 1], [37, 5], [640, 480], [1200, 3000], [6000, 4000]] {
+                    let bound =
+                        image[0] as u64 * image[1] as u64 + edit.canvas_pixels_beyond_input(image);
+                    let [w, h] = image.map(|v| v as f64);
+                    let subjects = [
+                        None,
+                        Some(Rect::new(0.0, 0.0, w, h)),
+                        Some(Rect::new(0.4, 0.6, 1.3, 1.5)),
+                        Some(Rect::new(w * 0.25, h * 0.1, w * 0.75 + 0.5, h * 0.9)),
+                        Some(Rect::new(w * 0.5, 0.0, w, h * 0.01 + 0.2)),
+                    ];
+                    for subject in subjects {
+                        let [cw, ch] = edit.placement(image, subject).unwrap().canvas;
+                        let canvas = cw as u64 * ch as u64;
+                        assert!(
+                            canvas <= bound,
+                            "{layout:?}, limits {max_pixels:?}/{max_side:?}, image {image:?}, subject {subject:?}: canvas {cw}x{ch} = {canvas} > {bound}"
+                        );
+                        largest_share = largest_share.max(canvas as f64 / bound as f64);
+                    }
+                }
+            }
+        }
+        // The bound is reached or nearly (a loose one would charge memory never used).
+        assert!(largest_share > 0.99, "largest canvas/bound {largest_share}");
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use image::RgbaImage;
 
-use super::geometry::{self, Rect};
+use super::geometry::Rect;
 use super::{BlurMode, Channels, Edit, FieldError, Fill, Length, Scaling, ShadowMode};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -204,14 +204,9 @@ impl Editor {
                 roi[3] as f64,
             )),
         };
-        let mut placement = geometry::place(&edit.layout, [width, height], subject)
+        let placement = edit
+            .placement([width, height], subject)
             .map_err(Error::InvalidParameter)?;
-        if let Some(max) = edit.max_pixels {
-            placement = placement.within_pixels(max);
-        }
-        if let Some(max) = edit.max_side {
-            placement = placement.within_side(max);
-        }
         let [cw, ch] = placement.canvas;
         let map = PlaceMap {
             canvas: placement.canvas,

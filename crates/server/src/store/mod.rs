@@ -119,6 +119,9 @@ pub struct Hold<'a> {
     /// The lease: when another replica may release the hold if this one has not renewed it.
     pub expires_at: i64,
     pub replica: &'a str,
+    /// Most requests the key may have answered with an image in the UTC day of `now`,
+    /// counting those in flight (sandbox keys: PhotoRoom's 100 calls a day); `None`: no cap.
+    pub daily_calls: Option<i64>,
 }
 
 /// A key's credits in one month.
@@ -239,9 +242,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Adds pay-as-you-go credits to the live key `name`; `false` when there is none.
     async fn add_credits(&self, name: &str, millicredits: i64) -> Result<bool, StoreError>;
     /// Holds `hold.millicredits` when the key's subscription and pay-as-you-go credits, less
-    /// what other requests hold, cover them; first releases the key's expired holds. Checking
-    /// and holding are one transaction, so parallel requests never spend a credit twice.
-    /// Returns the reservation's id, or `None` when the balance is too low.
+    /// what other requests hold, cover them, and the key is within `hold.daily_calls`; first
+    /// releases the key's expired holds. Checking and holding are one transaction, so
+    /// parallel requests never spend a credit (or a call) twice. Returns the reservation's
+    /// id, or `None` when the balance is too low or the day's calls are used up.
     async fn reserve(&self, hold: &Hold<'_>) -> Result<Option<i64>, StoreError>;
     /// Charges a reservation and records its request in the usage history, in one
     /// transaction; `false` (nothing charged) when the reservation no longer exists.
@@ -262,6 +266,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         cost: u32,
         limit: u32,
     ) -> Result<RateTake, StoreError>;
+    /// Units taken from the key's clock minute `minute` so far.
+    async fn rate_used(&self, key_id: i64, minute: i64) -> Result<u32, StoreError>;
     async fn balance(
         &self,
         key_id: i64,
@@ -292,6 +298,11 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     } else {
         Err(StoreError::InvalidUrl(url.to_string()))
     }
+}
+
+/// The start (Unix seconds) of the UTC day of Unix time `seconds`.
+pub fn day_start(seconds: i64) -> i64 {
+    seconds - seconds.rem_euclid(86_400)
 }
 
 /// The calendar month (UTC, `YYYY-MM`) of Unix time `seconds`.

@@ -18,7 +18,9 @@ use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, SqlSafeStr, Type,
 };
 
-use super::{Balance, DayUsage, Hold, Key, NewKey, Plan, RateTake, Store, StoreError, UsageRow};
+use super::{
+    Balance, DayUsage, Hold, Key, NewKey, Plan, RateTake, Store, StoreError, UsageRow, day_start,
+};
 
 /// What differs between the two databases: how a reservation and a commit are made atomic
 /// in as few round trips as each allows (the ledger's throughput is round trips: measured,
@@ -61,6 +63,9 @@ impl Backend for Sqlite {
                                      WHERE key_id = $1), 0) AS payg_held \
                          FROM keys WHERE id = $1)) \
              WHERE subscription_left + payg_left >= $3 \
+               AND ($8 IS NULL OR $8 > \
+                    (SELECT COUNT(*) FROM usage WHERE key_id = $1 AND at >= $9 AND status = 200) \
+                    + (SELECT COUNT(*) FROM reservations WHERE key_id = $1)) \
              RETURNING id",
         )
         .bind(hold.key_id)
@@ -70,6 +75,8 @@ impl Backend for Sqlite {
         .bind(hold.now)
         .bind(hold.replica.to_string())
         .bind(hold.expires_at)
+        .bind(hold.daily_calls)
+        .bind(day_start(hold.now))
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -122,17 +129,20 @@ impl Backend for Sqlite {
 #[async_trait]
 impl Backend for Postgres {
     async fn reserve(pool: &Pool<Self>, hold: &Hold<'_>) -> Result<Option<i64>, StoreError> {
-        let id: Option<i64> = sqlx::query("SELECT cutout_reserve($1, $2, $3, $4, $5, $6, $7)")
-            .bind(hold.key_id)
-            .bind(hold.month.to_string())
-            .bind(hold.millicredits)
-            .bind(hold.allowance)
-            .bind(hold.now)
-            .bind(hold.replica.to_string())
-            .bind(hold.expires_at)
-            .fetch_one(pool)
-            .await?
-            .try_get(0)?;
+        let id: Option<i64> =
+            sqlx::query("SELECT cutout_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+                .bind(hold.key_id)
+                .bind(hold.month.to_string())
+                .bind(hold.millicredits)
+                .bind(hold.allowance)
+                .bind(hold.now)
+                .bind(hold.replica.to_string())
+                .bind(hold.expires_at)
+                .bind(hold.daily_calls)
+                .bind(day_start(hold.now))
+                .fetch_one(pool)
+                .await?
+                .try_get(0)?;
         Ok(id)
     }
 
@@ -162,14 +172,22 @@ pub struct SqlStore<DB: Database> {
     described: String,
 }
 
-fn migrator(sql: &'static str) -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("accounts"),
-        MigrationType::Simple,
-        sql.into_sql_str(),
-        false,
-    )])
+/// The migrations of one backend: version, description, SQL.
+fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
 }
 
 fn migrate_error(error: MigrateError) -> StoreError {
@@ -228,10 +246,14 @@ impl SqlStore<Sqlite> {
             }
             Err(other) => return Err(other.into()),
         }
-        migrator(include_str!("../../migrations/sqlite/0001_accounts.sql"))
-            .run(&pool)
-            .await
-            .map_err(migrate_error)?;
+        migrator(&[(
+            1,
+            "accounts",
+            include_str!("../../migrations/sqlite/0001_accounts.sql"),
+        )])
+        .run(&pool)
+        .await
+        .map_err(migrate_error)?;
         Ok(Self { pool, described })
     }
 }
@@ -263,10 +285,21 @@ impl SqlStore<Postgres> {
                 "it has a `keys` table that cutout did not create".into(),
             ));
         }
-        migrator(include_str!("../../migrations/postgres/0001_accounts.sql"))
-            .run(&pool)
-            .await
-            .map_err(migrate_error)?;
+        migrator(&[
+            (
+                1,
+                "accounts",
+                include_str!("../../migrations/postgres/0001_accounts.sql"),
+            ),
+            (
+                2,
+                "sandbox days",
+                include_str!("../../migrations/postgres/0002_sandbox_days.sql"),
+            ),
+        ])
+        .run(&pool)
+        .await
+        .map_err(migrate_error)?;
         Ok(Self { pool, described })
     }
 }
@@ -543,6 +576,12 @@ where
                 return Ok(RateTake::Taken { used: used as u32 });
             }
         }
+        Ok(RateTake::Refused {
+            used: self.rate_used(key_id, minute).await?,
+        })
+    }
+
+    async fn rate_used(&self, key_id: i64, minute: i64) -> Result<u32, StoreError> {
         let used: Option<i64> =
             sqlx::query("SELECT used FROM rate_windows WHERE key_id = $1 AND minute = $2")
                 .bind(key_id)
@@ -551,9 +590,7 @@ where
                 .await?
                 .map(|row| row.try_get(0))
                 .transpose()?;
-        Ok(RateTake::Refused {
-            used: used.unwrap_or(0) as u32,
-        })
+        Ok(used.unwrap_or(0) as u32)
     }
 
     async fn balance(
