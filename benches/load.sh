@@ -116,6 +116,19 @@ for c in $clients; do
     done
 done
 
+# The CLI on the same photos, one at a time and warm (the model loaded once), after the
+# servers' runs on the same machine: the reference for the server's latency at 1 client.
+cli_line=$(CUTOUT_DEVICE=cpu "$cutout" remove --offline --timings --batch 1 "$work/photos" \
+    --out-dir "$work/cli-out" 2>&1 | grep 'images in')
+cli_ms=$(python3 -c 'import re, sys
+count, amount, unit = re.search(r"(\d+) images in ([0-9.]+)(ms|s)", sys.argv[1]).groups()
+print(round(float(amount) * (1 if unit == "ms" else 1000) / int(count)))' "$cli_line")
+echo "cutout remove, same photos one at a time: $cli_ms ms an image ($cli_line)"
+if [ -n "${results["cutout/1"]:-}" ]; then
+    echo "cutout serve p50 at 1 client / the CLI's time an image: $(printf '%.2fx' \
+        "$(echo "scale=4; $(field p50 "${results["cutout/1"]}") / $cli_ms" | bc)")"
+fi
+
 echo
 echo "| clients | server | images/s | p50 ms | p95 ms | p99 ms | statuses | socket errors | cutout peak RSS MiB | throughput vs rembg | p50 vs rembg |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"

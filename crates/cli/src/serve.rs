@@ -78,7 +78,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 100)]
     max_headers: usize,
     /// MiB that all requests in flight may hold: each its body, then 32 bytes per pixel of
-    /// its image plus the model's forward (u2netp: 192 MiB). Requests that do not fit wait
+    /// its image (and of what its canvas can add) plus the model's forward (u2netp: 64 MiB).
+    /// Requests that do not fit wait
     /// up to --admission-wait seconds, then get 503 with Retry-After.
     #[arg(long, default_value_t = 1536)]
     max_inflight_memory: u64,
