@@ -193,7 +193,7 @@ fn cutout_keeps_colour_and_uses_mask_as_alpha() {
 #[test]
 fn normalised_planes_land_in_the_model_input_tensor() {
     use burn::tensor::Tensor;
-    use cutout_core::model::wgpu_io::TensorBuffer;
+    use cutout_core::backend::TensorBuffer;
     use cutout_core::ops::{Filter, ImageOps};
 
     let ops = ImageOps::new(gpu());
@@ -228,7 +228,7 @@ fn normalised_planes_land_in_the_model_input_tensor() {
 #[test]
 fn masks_are_read_from_the_model_output_tensor() {
     use burn::tensor::{Tensor, TensorData};
-    use cutout_core::model::wgpu_io::TensorBuffer;
+    use cutout_core::backend::TensorBuffer;
     use cutout_core::ops::ImageOps;
 
     let ops = ImageOps::new(gpu());

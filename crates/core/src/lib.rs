@@ -2,6 +2,7 @@
 //! Knows nothing about HTTP or command lines.
 
 pub mod alloc;
+pub mod backend;
 pub mod decode;
 pub mod edit;
 pub mod encode;

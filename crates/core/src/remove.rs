@@ -7,9 +7,9 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor};
 use image::RgbaImage;
 
+use crate::backend::TensorBuffer;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::model::wgpu_io::TensorBuffer;
 use crate::model::{self, Session};
 use crate::ops::{Filter, Image, ImageOps, Refinement, cpu};
 use crate::timing::{Stage, StageTimes};

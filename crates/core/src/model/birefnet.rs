@@ -67,7 +67,7 @@ impl BiRefNet {
         let mut loader = Loader {
             state: &mut state,
             device,
-            on_flex: *device == Device::flex() && std::env::var_os("NO_CPU_CONV").is_none(),
+            on_flex: crate::backend::on_flex(device) && std::env::var_os("NO_CPU_CONV").is_none(),
         };
         let backbone = Swin::load(&mut loader, "bb")?;
         // Each level: the backbone's width twice (the full-size and half-size runs).

@@ -9,7 +9,6 @@ pub mod onnx;
 pub mod rsu;
 pub mod state_dict;
 pub mod u2net;
-pub mod wgpu_io;
 
 use std::path::{Path, PathBuf};
 
@@ -503,7 +502,7 @@ pub struct Session {
     net: Box<dyn Network>,
     device: Device,
     /// The device is burn's wgpu backend, whose tensors cutout's shaders can fill and read
-    /// in place (`wgpu_io`).
+    /// in place (`crate::backend`).
     shares_buffers: bool,
 }
 
@@ -586,12 +585,11 @@ impl Session {
     }
 
     fn new(spec: &'static ModelSpec, net: Box<dyn Network>, device: &Device) -> Result<Self> {
-        let probe = Tensor::<4>::zeros([1, 1, 1, 1], device);
         Ok(Self {
             spec,
             net,
             device: device.clone(),
-            shares_buffers: wgpu_io::TensorBuffer::of(probe).is_some(),
+            shares_buffers: crate::backend::shares_buffers(device),
         })
     }
 

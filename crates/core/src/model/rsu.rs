@@ -9,11 +9,11 @@ use burn::tensor::activation::relu;
 use burn::tensor::module::{conv2d, interpolate, max_pool2d};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
-use burn_flex::{Flex, FlexTensor};
 
 use super::cpu_conv::{PackedConv, Planes};
 use super::cpu_resample::{max_pool_2x2, resize_bilinear};
 use super::onnx::ConvWeights;
+use crate::backend::{flex_values, from_flex_values};
 use crate::error::{Error, Result};
 
 /// Six encoder stages of residual U-blocks (RSU-7, 6, 5, 4, 4F, 4F) with 2×2 max-pooling
@@ -273,48 +273,28 @@ pub const MAX_BINDING_BYTES: usize = 128 << 20;
 
 fn forward_on_flex(conv: &PackedConv, inputs: Vec<Tensor<4>>, relu: bool) -> Tensor<4> {
     let [batch, _, h, w] = inputs[0].dims();
-    let tensors: Vec<FlexTensor> = inputs.into_iter().map(into_flex).collect();
+    let tensors: Vec<_> = inputs.into_iter().map(flex_values).collect();
     let parts: Vec<Planes> = tensors
         .iter()
         .map(|t| Planes {
-            data: values_of(t),
-            channels: t.layout().shape()[1],
+            data: t.as_slice(),
+            channels: t.dim(1),
         })
         .collect();
     let out = conv.forward(&parts, batch, [h, w], relu);
-    from_values(out, [batch, conv.out_channels(), h, w])
+    from_flex_values(out, [batch, conv.out_channels(), h, w])
 }
 
 pub fn on_flex(x: &Tensor<4>) -> bool {
-    x.device() == Device::flex()
-}
-
-/// The tensor's flex storage, made contiguous if it is a view.
-fn into_flex(x: Tensor<4>) -> FlexTensor {
-    let t = x
-        .try_into_primitive::<Flex>()
-        .expect("tensors of a model loaded on flex stay on flex");
-    if t.as_slice::<f32>().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn values_of(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("a contiguous f32 tensor")
-}
-
-fn from_values(values: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
-    Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(values, shape)))
+    crate::backend::on_flex(&x.device())
 }
 
 /// 2×2 max-pooling, ceil mode.
 fn pool(x: Tensor<4>) -> Tensor<4> {
     if on_flex(&x) {
         let [n, c, h, w] = x.dims();
-        let (pooled, [ph, pw]) = max_pool_2x2(values_of(&into_flex(x)), n * c, [h, w]);
-        return from_values(pooled, [n, c, ph, pw]);
+        let (pooled, [ph, pw]) = max_pool_2x2(flex_values(x).as_slice(), n * c, [h, w]);
+        return from_flex_values(pooled, [n, c, ph, pw]);
     }
     max_pool2d(x, MaxPoolOptions::new([2, 2]).with_ceil_mode(true))
 }
@@ -333,8 +313,8 @@ pub fn resize_to(x: Tensor<4>, [h, w]: [usize; 2]) -> Tensor<4> {
         return x;
     }
     if on_flex(&x) {
-        let resized = resize_bilinear(values_of(&into_flex(x)), n * c, [xh, xw], [h, w]);
-        return from_values(resized, [n, c, h, w]);
+        let resized = resize_bilinear(flex_values(x).as_slice(), n * c, [xh, xw], [h, w]);
+        return from_flex_values(resized, [n, c, h, w]);
     }
     let options = InterpolateOptions::new(InterpolateMode::Bilinear)
         .with_align_corners(false)
@@ -355,12 +335,11 @@ pub struct ConvSource<'a> {
 
 impl<'a> ConvSource<'a> {
     pub fn new(convs: Vec<ConvWeights>, device: &'a Device, architecture: &'static str) -> Self {
-        let probe = Tensor::<1>::zeros([1], device);
         Self {
             convs: convs.into_iter(),
             index: 0,
             device,
-            on_flex: probe.try_into_primitive::<Flex>().is_ok(),
+            on_flex: crate::backend::on_flex(device),
             architecture,
         }
     }
