@@ -65,6 +65,113 @@ fn ecommerce_edit_lands_inside_the_padding_deterministically() {
     assert_eq!(decoded.width(), 400);
 }
 
+/// The e-commerce layout against a CPU reference built from the documented rules: the
+/// subject's box (alpha ≥ 5 % of the plain cut-out) scaled to fit the 320×320 area inside
+/// 10 % padding of a 400×400 canvas and centred, sampled bilinearly from the photo with the
+/// cut-out's alpha, over white. Snapping to cropped sides is off, so the padding holds on
+/// every side.
+#[test]
+fn ecommerce_layout_matches_a_cpu_reference_of_the_documented_placement() {
+    let editor = Editor::load(gpu(), "u2netp", false).unwrap();
+    let photo = decode(
+        &std::fs::read(fixture("images/chelsea.jpg")).unwrap(),
+        DecodeLimits::default(),
+    )
+    .unwrap();
+    let render = |pairs: &[(&str, &str)]| {
+        let job = Job {
+            image: photo.clone(),
+            background: None,
+            edit: edit(pairs),
+        };
+        editor.render(&[job]).pop().unwrap().unwrap()
+    };
+    let cutout = render(&[("referenceBox", "originalImage")]).image;
+    let placed = render(&[
+        ("background.color", "FFFFFF"),
+        ("outputSize", "400x400"),
+        ("padding", "0.1"),
+        ("ignorePaddingAndSnapOnCroppedSides", "false"),
+    ]);
+    assert_eq!(placed.image.dimensions(), (400, 400));
+
+    // The subject's box on the CPU, in pixel edges.
+    let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
+    for (x, y, p) in cutout.enumerate_pixels() {
+        if p.0[3] as f32 >= 0.05 * 255.0 {
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1));
+        }
+    }
+    let (bw, bh) = ((x1 - x0) as f64, (y1 - y0) as f64);
+    let scale = (320.0 / bw).min(320.0 / bh);
+    let (width, height) = (bw * scale, bh * scale);
+    let (left, top) = (40.0 + (320.0 - width) / 2.0, 40.0 + (320.0 - height) / 2.0);
+    let [got_left, got_top, got_width, got_height] = placed.foreground.unwrap();
+    println!(
+        "subject {x0},{y0}..{x1},{y1}; expected box {left:.1},{top:.1} {width:.1}x{height:.1}, \
+         got {got_left},{got_top} {got_width}x{got_height}"
+    );
+    for (got, expected) in [
+        (got_left, left),
+        (got_top, top),
+        (got_width, width),
+        (got_height, height),
+    ] {
+        assert!(
+            (got as f64 - expected).abs() <= 2.0,
+            "box {got} vs {expected:.1}"
+        );
+    }
+
+    // Every canvas pixel: the photo sampled at its centre, weighted by the cut-out's alpha.
+    let sample = |sx: f64, sy: f64| -> [f64; 4] {
+        let (fx, fy) = (sx.floor(), sy.floor());
+        let (tx, ty) = (sx - fx, sy - fy);
+        let mut premultiplied = [0.0; 4];
+        for (dx, dy, w) in [
+            (0, 0, (1.0 - tx) * (1.0 - ty)),
+            (1, 0, tx * (1.0 - ty)),
+            (0, 1, (1.0 - tx) * ty),
+            (1, 1, tx * ty),
+        ] {
+            let clamp = |v: f64, n: u32| (v as i64).clamp(0, n as i64 - 1) as u32;
+            let (px, py) = (
+                clamp(fx + dx as f64, photo.width()),
+                clamp(fy + dy as f64, photo.height()),
+            );
+            let alpha = cutout.get_pixel(px, py).0[3] as f64 / 255.0;
+            let rgb = photo.get_pixel(px, py).0;
+            for c in 0..3 {
+                premultiplied[c] += w * alpha * rgb[c] as f64;
+            }
+            premultiplied[3] += w * alpha;
+        }
+        premultiplied
+    };
+    let (mut total, mut worst) = (0.0, 0.0f64);
+    for (x, y, p) in placed.image.enumerate_pixels() {
+        let sx = (x as f64 + 0.5 - left) / scale + x0 as f64 - 0.5;
+        let sy = (y as f64 + 0.5 - top) / scale + y0 as f64 - 0.5;
+        let inside = (-0.5..=photo.width() as f64 - 0.5).contains(&sx)
+            && (-0.5..=photo.height() as f64 - 0.5).contains(&sy);
+        let [r, g, b, a] = if inside { sample(sx, sy) } else { [0.0; 4] };
+        let expected = [r, g, b].map(|c| c + 255.0 * (1.0 - a));
+        let diff: f64 = (0..3)
+            .map(|c| (p.0[c] as f64 - expected[c]).abs())
+            .sum::<f64>()
+            / 3.0;
+        assert_eq!(p.0[3], 255, "({x},{y}) is opaque over white");
+        total += diff;
+        worst = worst.max(diff);
+    }
+    let mean = total / (400.0 * 400.0);
+    println!("mean difference {mean:.3}/255, worst pixel {worst:.1}/255");
+    assert!(
+        mean <= 1.0,
+        "mean difference {mean:.3}/255 from the CPU reference"
+    );
+}
+
 #[test]
 fn outline_and_transparent_background() {
     let editor = Editor::load(gpu(), "u2netp", false).unwrap();
