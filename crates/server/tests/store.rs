@@ -245,6 +245,73 @@ async fn parallel_reservations_never_overdraw(store: Arc<dyn Store>) {
     assert_eq!(balance.available(), 0);
 }
 
+contract!(concurrent_commits_each_get_their_own_answer);
+/// Commits arriving together (PostgreSQL runs them as one group) answer each for itself: a
+/// released reservation charges nothing, a reservation committed twice at once is charged
+/// once, and the two keys' subscription and pay-as-you-go are each charged what they held.
+async fn concurrent_commits_each_get_their_own_answer(store: Arc<dyn Store>) {
+    let mut keys = Vec::new();
+    for name in ["a", "b"] {
+        let mut key = NewKey::named(name);
+        key.payg_millicredits = store::millicredits(100.0);
+        keys.push(store.create_key(&key, name, NOW).await.unwrap().id);
+    }
+    // 20 credits of subscription each: the first 20 holds spend it, the other 20 pay-as-you-go.
+    let mut holds = Vec::new();
+    for i in 0..80 {
+        let key = keys[i % 2];
+        let id = store.reserve(&hold(key, 1.0, 20.0)).await.unwrap().unwrap();
+        holds.push((key, id));
+    }
+    // Every fourth is released; every fifth is committed twice at once.
+    let released = |i: usize| i % 4 == 3;
+    for (i, &(_, id)) in holds.iter().enumerate() {
+        if released(i) {
+            store.release(id).await.unwrap();
+        }
+    }
+    let commits: Vec<_> = holds
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &(key, id))| std::iter::repeat_n((i, key, id), 1 + (i % 5 == 0) as usize))
+        .map(|(i, key, id)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let committed = store.commit(id, &usage(key, NOW, 1.0, 200)).await.unwrap();
+                (i, committed)
+            })
+        })
+        .collect();
+    let mut charged = [0usize; 80];
+    for task in commits {
+        let (i, committed) = task.await.unwrap();
+        charged[i] += committed as usize;
+    }
+    for (i, &times) in charged.iter().enumerate() {
+        assert_eq!(
+            times,
+            !released(i) as usize,
+            "reservation {i} charged {times} times"
+        );
+    }
+    for (k, &key) in keys.iter().enumerate() {
+        let kept = (0..80).filter(|&i| i % 2 == k && !released(i)).count() as i64;
+        let balance = store.balance(key, MONTH, 20_000).await.unwrap();
+        assert_eq!(
+            (balance.subscription_held, balance.payg_held),
+            (0, 0),
+            "key {k}: nothing held"
+        );
+        assert_eq!(
+            balance.subscription_used + (100_000 - balance.payg),
+            kept * 1000,
+            "key {k}: charged exactly its {kept} images"
+        );
+        let days = store.usage_by_day(key, 0).await.unwrap();
+        assert_eq!(days.iter().map(|d| d.images).sum::<i64>(), kept);
+    }
+}
+
 contract!(expired_leases_are_released_and_renewed_ones_kept);
 async fn expired_leases_are_released_and_renewed_ones_kept(store: Arc<dyn Store>) {
     let key = store

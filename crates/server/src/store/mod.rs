@@ -13,6 +13,7 @@
 //! Times are Unix seconds passed in by the caller (the server's clock, a fixed one in tests);
 //! credits are integer millicredits, so a month of quarter-credit previews sums exactly.
 
+mod group_commit;
 mod sql;
 
 use std::sync::Arc;
