@@ -45,7 +45,7 @@ pub trait Backend: Database {
 impl Backend for Sqlite {
     async fn reserve(pool: &Pool<Self>, hold: &Hold<'_>) -> Result<Option<i64>, StoreError> {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "DELETE FROM reservations WHERE key_id = $1 AND expires_at < $5; \
              INSERT INTO reservations \
                (key_id, replica, month, subscription_millicredits, payg_millicredits, \
@@ -68,18 +68,8 @@ impl Backend for Sqlite {
                     (SELECT COUNT(*) FROM usage WHERE key_id = $1 AND at >= $9 AND status = 200) \
                     + (SELECT COUNT(*) FROM reservations WHERE key_id = $1)) \
              RETURNING id",
-        )
-        .bind(hold.key_id)
-        .bind(hold.month.to_string())
-        .bind(hold.millicredits)
-        .bind(hold.allowance)
-        .bind(hold.now)
-        .bind(hold.replica.to_string())
-        .bind(hold.expires_at)
-        .bind(hold.daily_calls)
-        .bind(day_start(hold.now))
-        .fetch_all(&mut *tx)
-        .await?;
+        );
+        let rows = bind_hold(query, hold).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         Ok(rows.first().map(|row| row.try_get(0)).transpose()?)
     }
@@ -130,20 +120,8 @@ impl Backend for Sqlite {
 #[async_trait]
 impl Backend for Postgres {
     async fn reserve(pool: &Pool<Self>, hold: &Hold<'_>) -> Result<Option<i64>, StoreError> {
-        let id: Option<i64> =
-            sqlx::query("SELECT cutout_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-                .bind(hold.key_id)
-                .bind(hold.month.to_string())
-                .bind(hold.millicredits)
-                .bind(hold.allowance)
-                .bind(hold.now)
-                .bind(hold.replica.to_string())
-                .bind(hold.expires_at)
-                .bind(hold.daily_calls)
-                .bind(day_start(hold.now))
-                .fetch_one(pool)
-                .await?
-                .try_get(0)?;
+        let query = sqlx::query("SELECT cutout_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9)");
+        let id: Option<i64> = bind_hold(query, hold).fetch_one(pool).await?.try_get(0)?;
         Ok(id)
     }
 
@@ -372,6 +350,29 @@ where
         created_at: row.try_get(9)?,
         last_used_at: row.try_get(10)?,
     })
+}
+
+/// A hold's values as `$1`–`$9`, the order both backends' reserve statements read them in:
+/// key, month, millicredits, allowance, now, replica, lease end, daily cap, the UTC day's start.
+fn bind_hold<'q, DB: Database>(
+    query: Query<'q, DB, DB::Arguments>,
+    hold: &Hold<'_>,
+) -> Query<'q, DB, DB::Arguments>
+where
+    for<'a> i64: Encode<'a, DB> + Type<DB>,
+    for<'a> Option<i64>: Encode<'a, DB>,
+    for<'a> String: Encode<'a, DB> + Type<DB>,
+{
+    query
+        .bind(hold.key_id)
+        .bind(hold.month.to_string())
+        .bind(hold.millicredits)
+        .bind(hold.allowance)
+        .bind(hold.now)
+        .bind(hold.replica.to_string())
+        .bind(hold.expires_at)
+        .bind(hold.daily_calls)
+        .bind(day_start(hold.now))
 }
 
 fn insert_usage<'q, DB: Database>(usage: &UsageRow<'_>) -> Query<'q, DB, DB::Arguments>
