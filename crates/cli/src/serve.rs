@@ -21,9 +21,11 @@ pub struct ServeArgs {
     /// U²-Net, IS-Net or BiRefNet, or of BiRefNet weights (`.safetensors`, `.pth`).
     #[arg(long, default_value = cutout_core::model::DEFAULT_MODEL)]
     model: String,
-    /// Most images segmented in one batch.
-    #[arg(long, default_value_t = 8)]
-    max_batch: usize,
+    /// Most images segmented in one batch [default: 8 on a GPU; 1 where the adapter is a CPU,
+    /// where batching was measured to gain nothing and cost memory (benches/README.md, load
+    /// run 8)].
+    #[arg(long)]
+    max_batch: Option<usize>,
     /// Most input megapixels segmented in one batch (a larger photo is a batch of its own).
     #[arg(long, default_value_t = 25.0)]
     max_batch_megapixels: f64,
@@ -161,7 +163,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         admission_wait: Duration::from_secs(args.admission_wait),
         ..Config::default()
     };
-    config.batching.max_batch = args.max_batch.max(1);
+    let max_batch = args
+        .max_batch
+        .unwrap_or(if gpu.is_hardware() { 8 } else { 1 })
+        .max(1);
+    log::info!("batches of at most {max_batch} images");
+    config.batching.max_batch = max_batch;
     config.batching.max_batch_pixels = (args.max_batch_megapixels * 1e6) as u64;
     config.batching.max_wait = Duration::from_millis(args.max_wait_ms);
     config.batching.capacity = args.queue.max(1);
