@@ -78,21 +78,17 @@ fn ecommerce_layout_matches_a_cpu_reference_of_the_documented_placement() {
         DecodeLimits::default(),
     )
     .unwrap();
-    let render = |pairs: &[(&str, &str)]| {
-        let job = Job {
-            image: photo.clone(),
-            background: None,
-            edit: edit(pairs),
-        };
-        editor.render(&[job]).pop().unwrap().unwrap()
-    };
-    let cutout = render(&[("referenceBox", "originalImage")]).image;
-    let placed = render(&[
-        ("background.color", "FFFFFF"),
-        ("outputSize", "400x400"),
-        ("padding", "0.1"),
-        ("ignorePaddingAndSnapOnCroppedSides", "false"),
-    ]);
+    let cutout = render(&editor, &photo, edit(&[("referenceBox", "originalImage")]));
+    let placed = render_output(
+        &editor,
+        &photo,
+        edit(&[
+            ("background.color", "FFFFFF"),
+            ("outputSize", "400x400"),
+            ("padding", "0.1"),
+            ("ignorePaddingAndSnapOnCroppedSides", "false"),
+        ]),
+    );
     assert_eq!(placed.image.dimensions(), (400, 400));
 
     // The subject's box on the CPU, in pixel edges.
@@ -202,14 +198,7 @@ fn keep_existing_alpha_uses_the_images_own_alpha() {
     let image = image::open(fixture("matting/fg-cherries.png"))
         .unwrap()
         .into_rgba8();
-    let render = |pairs: &[(&str, &str)]| {
-        let job = Job {
-            image: image.clone(),
-            background: None,
-            edit: edit(pairs),
-        };
-        editor.render(&[job]).pop().unwrap().unwrap().image
-    };
+    let render = |pairs: &[(&str, &str)]| render(&editor, &image, edit(pairs));
     // referenceBox=originalImage keeps the frame where it was (no re-centring on the subject).
     let kept = render(&[
         ("keepExistingAlphaChannel", "auto"),

@@ -44,13 +44,22 @@ pub fn render(
     image: &image::RgbaImage,
     edit: cutout_core::edit::Edit,
 ) -> image::RgbaImage {
+    render_output(editor, image, edit).image
+}
+
+/// [`render`], with the subject's placement and the rest of the output.
+pub fn render_output(
+    editor: &cutout_core::edit::Editor,
+    image: &image::RgbaImage,
+    edit: cutout_core::edit::Edit,
+) -> cutout_core::edit::EditOutput {
     let job = cutout_core::edit::Job {
         image: image.clone(),
         background: None,
         edit,
     };
     let mut outputs = editor.render(std::slice::from_ref(&job));
-    outputs.remove(0).unwrap().image
+    outputs.remove(0).unwrap()
 }
 
 /// rembg's own output: the model's mask upsampled (no refinement), as a grey image.
