@@ -734,3 +734,18 @@ fn device_errors_are_typed_errors() {
     let round_trip = ops.capturing(|| ops.download(&ops.upload(&image)?));
     assert_eq!(round_trip.unwrap(), image);
 }
+
+/// A resize to the image's own size is a copy; it must keep what was recorded before it,
+/// which is submitted with it (it once dropped the thread's pending commands).
+#[test]
+fn a_same_size_resize_keeps_the_commands_recorded_before_it() {
+    let ops = ops();
+    let image = ops.upload(&texture()).unwrap();
+    let expected = ops
+        .download(&ops.resize(&image, 20, 10, Filter::Lanczos3).unwrap())
+        .unwrap();
+    let recorded = ops.resize(&image, 20, 10, Filter::Lanczos3).unwrap();
+    let copy = ops.resize(&image, W, H, Filter::Lanczos3).unwrap();
+    assert_eq!(ops.download(&copy).unwrap(), texture());
+    assert_eq!(ops.download(&recorded).unwrap(), expected);
+}

@@ -59,11 +59,10 @@ impl ImageOps {
             )?;
             current = Some(output);
         }
+        // Kept pending either way: `encoder` holds what this thread recorded before.
+        self.submit(encoder);
         match current {
-            Some(resized) => {
-                self.submit(encoder);
-                Ok(resized)
-            }
+            Some(resized) => Ok(resized),
             None => self.copy(src),
         }
     }
