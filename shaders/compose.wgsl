@@ -15,10 +15,13 @@ struct Params {
     outline_on: u32,
     watermark: u32,
     _pad: u32,
-    // Spill removal: the subject loses max(0, rgb·weights) × direction (zero: off). For a
-    // green background, green is limited to the mean of red and blue.
-    spill_weights: vec4<f32>,
-    spill_direction: vec4<f32>,
+}
+
+// Spill removal: the subject loses max(0, rgb·weights) × direction (zero: off), written by
+// the host for a known background colour or by `spill.wgsl` for a measured one.
+struct Limiter {
+    weights: vec4<f32>,
+    direction: vec4<f32>,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -28,6 +31,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> subject: array<u32>;
 @group(0) @binding(5) var<storage, read> subject_mask: array<u32>;
 @group(0) @binding(6) var<storage, read_write> dst: array<u32>;
+@group(0) @binding(7) var<storage, read> spill: Limiter;
 
 fn premultiply(c: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(c.rgb * c.a, c.a);
@@ -61,8 +65,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         color = over(vec4<f32>(params.outline_color.rgb * a, a), color);
     }
     var pixel = unpack4x8unorm(subject[i]);
-    let spill = max(0.0, dot(pixel.rgb, params.spill_weights.rgb));
-    pixel = vec4<f32>(pixel.rgb - spill * params.spill_direction.rgb, pixel.a);
+    let spilled = max(0.0, dot(pixel.rgb, spill.weights.rgb));
+    pixel = vec4<f32>(pixel.rgb - spilled * spill.direction.rgb, pixel.a);
     let subject_alpha = unpack4x8unorm(subject_mask[i]).r;
     color = over(vec4<f32>(pixel.rgb * subject_alpha, subject_alpha), color);
     if (params.watermark == 1u) {

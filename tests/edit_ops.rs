@@ -735,6 +735,108 @@ fn device_errors_are_typed_errors() {
     assert_eq!(round_trip.unwrap(), image);
 }
 
+/// A photo whose left half is `left` and right half a red subject, and a model mask (at
+/// another size) that marks the left half as background.
+fn photo_and_background_mask(left: [u8; 3]) -> (RgbaImage, RgbaImage) {
+    let photo = RgbaImage::from_fn(400, 300, |x, _| {
+        let [r, g, b] = if x < 200 { left } else { [200, 30, 30] };
+        Rgba([r, g, b, 255])
+    });
+    let mask = RgbaImage::from_fn(320, 320, |x, _| {
+        let v = if x < 160 { 0 } else { 255 };
+        Rgba([v, v, v, 255])
+    });
+    (photo, mask)
+}
+
+#[test]
+fn the_spill_key_is_the_coloured_background() {
+    let (photo, mask) = photo_and_background_mask([20, 60, 220]);
+    let key = cutout_core::ops::cpu::spill_colour(&photo, &mask).unwrap();
+    let expected = [20.0 / 255.0, 60.0 / 255.0, 220.0 / 255.0];
+    for c in 0..3 {
+        assert!((key[c] - expected[c]).abs() < 1e-3, "{key:?}");
+    }
+    let (photo, mask) = photo_and_background_mask([235, 235, 230]);
+    let white = cutout_core::ops::cpu::spill_colour(&photo, &mask);
+    assert_eq!(white, None, "white has no spill");
+}
+
+/// The key measured and consumed on the device removes the same spill as the host's key:
+/// a blue background, a grey one (green, the fallback) and no background at all (green).
+#[test]
+fn despill_measured_on_the_device_matches_the_host_key() {
+    let ops = ops();
+    let subject = texture();
+    let subject_mask = RgbaImage::from_pixel(W, H, Rgba([255, 255, 255, 255]));
+    let (subject_gpu, subject_mask_gpu) = (
+        ops.upload(&subject).unwrap(),
+        ops.upload(&subject_mask).unwrap(),
+    );
+    let layers = ComposeLayers {
+        background: None,
+        shadow: None,
+        outline: None,
+        subject: &subject_gpu,
+        subject_mask: &subject_mask_gpu,
+    };
+    let style = ComposeStyle {
+        background_color: [0.0; 4],
+        channels: 0,
+        matte: [1.0; 4],
+        watermark: false,
+        despill: None,
+    };
+    let all_subject = RgbaImage::from_pixel(320, 320, Rgba([255, 255, 255, 255]));
+    let cases = [
+        photo_and_background_mask([20, 60, 220]),
+        photo_and_background_mask([128, 128, 128]),
+        (photo_and_background_mask([0, 0, 0]).0, all_subject),
+    ];
+    for (photo, mask) in cases {
+        let host_key =
+            cutout_core::ops::cpu::spill_colour(&photo, &mask).unwrap_or([0.0, 1.0, 0.0]);
+        let limiter = ops
+            .measure_spill(&ops.upload(&photo).unwrap(), &ops.upload(&mask).unwrap())
+            .unwrap();
+        let device = ops
+            .download(&ops.compose_despilled(&layers, style, &limiter).unwrap())
+            .unwrap();
+        let host_style = ComposeStyle {
+            despill: Some(host_key),
+            ..style
+        };
+        let host = cutout_core::ops::cpu::compose(
+            &ComposeLayers {
+                background: None,
+                shadow: None,
+                outline: None,
+                subject: &subject,
+                subject_mask: &subject_mask,
+            },
+            host_style,
+        )
+        .unwrap();
+        let worst = device
+            .as_raw()
+            .iter()
+            .zip(host.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst <= 1, "key {host_key:?}: worst difference {worst}/255");
+        let changed = host
+            .as_raw()
+            .iter()
+            .zip(subject.as_raw())
+            .any(|(a, b)| a != b);
+        assert!(
+            changed,
+            "key {host_key:?} removed no spill: the test would not see one"
+        );
+    }
+}
+
 /// A resize to the image's own size is a copy; it must keep what was recorded before it,
 /// which is submitted with it (it once dropped the thread's pending commands).
 #[test]

@@ -265,10 +265,10 @@ fn watermark_is_the_documented_stripes_over_the_result() {
 
 /// The device work of an e-commerce edit (cut-out, white background, padding, soft shadow)
 /// for a batch of 4, with every operation on the device and the model on burn's wgpu
-/// backend: one command buffer for the batch's model input and one for its masks, then per
-/// image one up to the subject-box readback, one for the effects and one for the pixels'
-/// readback — counted by hand from `Editor::finish`; two readbacks per image (the box, the
-/// pixels). Before commands were held per thread every operation submitted its own.
+/// backend: one submission for the batch's model input (burn's forward reads it), one for
+/// the masks, refinement and subject boxes with the boxes' readback, one for the effects
+/// with the results' readback. Before the batch's jobs passed each stage together it took
+/// three submissions and two readbacks per image.
 #[test]
 fn an_ecommerce_batch_submits_per_stage_not_per_operation() {
     use cutout_core::model::{self, Session};
@@ -312,11 +312,97 @@ fn an_ecommerce_batch_submits_per_stage_not_per_operation() {
         after.bytes_uploaded - before.bytes_uploaded,
         after.bytes_read_back - before.bytes_read_back
     );
-    assert_eq!(submits, 2 + 3 * 4);
-    assert_eq!(readbacks, 2 * 4);
+    // The model's input before burn's forward; the subjects' boxes (the layout needs them
+    // on the host); the results.
+    assert_eq!(submits, 3, "one per stage, not per image");
+    assert_eq!(readbacks, 2, "the boxes, then the results");
     assert_eq!(
         after.bytes_read_back - before.bytes_read_back,
         4 * (24 + 400 * 400 * 4),
-        "the box's six counters and the result's pixels, nothing else"
+        "each box's six counters and each result's pixels, nothing else"
+    );
+}
+
+/// An editor for u2netp on burn's wgpu backend, with the image operations on the host
+/// (`ops::cpu`) or on the device.
+fn editor_with_ops_on_host(on_host: bool) -> Editor {
+    use cutout_core::model::{self, Session};
+    use cutout_core::ops::ImageOps;
+    use cutout_core::remove::Remover;
+
+    let spec = model::spec("u2netp").unwrap();
+    let bytes = model::load_bytes(spec, false).unwrap();
+    let session = Session::from_onnx(spec, &bytes, &gpu().burn_device).unwrap();
+    Editor::new(Remover::with_ops(
+        ImageOps::with_host_ops(gpu(), on_host),
+        session,
+    ))
+}
+
+/// A cut-out on white with despill, of a photo whose background is blue (and its subject
+/// tinted blue by it), once with the
+/// operations on the host and once on the device, where the background colour is measured
+/// and consumed by shaders: the results agree (each CPU operation is tested against its
+/// shader to 1/255 on its own), and despill changed the subject on both.
+#[test]
+fn despill_on_the_device_matches_the_host_pipeline() {
+    let photo = decode(
+        &std::fs::read(fixture("images/coffee.jpg")).unwrap(),
+        DecodeLimits::default(),
+    )
+    .unwrap();
+    let mask = image::open(fixture("images/coffee.rembg-mask.png"))
+        .unwrap()
+        .to_luma8();
+    let mut blue = photo.clone();
+    for (pixel, m) in blue.pixels_mut().zip(mask.pixels()) {
+        if m.0[0] < 13 {
+            pixel.0 = [20, 60, 220, 255];
+        } else {
+            // The blue the subject picked up from it.
+            pixel.0[2] = pixel.0[2].saturating_add(60);
+        }
+    }
+    // PhotoRoom documents `despill` on /v1/segment.
+    let edit_with = |despill: &str| {
+        photoroom::parse_v1_segment(vec![
+            ("bg_color".into(), "FFFFFF".into()),
+            ("despill".into(), despill.into()),
+        ])
+        .unwrap()
+    };
+    let render = |editor: &Editor, despill: &str| {
+        let job = Job {
+            image: blue.clone(),
+            background: None,
+            edit: edit_with(despill),
+        };
+        editor.render(&[job]).pop().unwrap().unwrap().image
+    };
+    let (host, device) = (
+        editor_with_ops_on_host(true),
+        editor_with_ops_on_host(false),
+    );
+    let mean_difference = |a: &image::RgbaImage, b: &image::RgbaImage| {
+        let total: u64 = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| x.abs_diff(*y) as u64)
+            .sum();
+        total as f64 / a.as_raw().len() as f64
+    };
+    let on_host = render(&host, "true");
+    let on_device = render(&device, "true");
+    let difference = mean_difference(&on_host, &on_device);
+    println!("host and device pipelines differ by {difference:.3}/255 on average");
+    assert!(difference <= 0.5, "{difference:.3}/255");
+    let plain = render(&device, "false");
+
+    let removed = mean_difference(&plain, &on_device);
+    println!("despill changed the result by {removed:.3}/255 on average");
+    assert!(
+        removed > 2.0 * difference.max(0.05),
+        "despill did almost nothing: {removed:.3}/255"
     );
 }

@@ -123,10 +123,11 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
         timings.add(Stage::Decode, start.elapsed());
         let segmented = editor.segment(&jobs);
         timings += segmented.timings();
+        // The jobs of a batch share its effects and readback: counted once per batch.
+        let mut batch_effects = None;
         editor.finish_each(&jobs, segmented, |i, output| {
             let written = output.map_err(anyhow::Error::from).and_then(|output| {
-                timings.add(Stage::Effects, output.timings.get(Stage::Effects));
-                timings.add(Stage::Readback, output.timings.get(Stage::Readback));
+                batch_effects.get_or_insert(output.timings);
                 let start = Instant::now();
                 let encoded = encode_result(&output.image, edit.format, edit.channels, None)?;
                 let file = batch[i];
@@ -141,6 +142,10 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
                 fail(batch[i], error);
             }
         });
+        if let Some(batch) = batch_effects {
+            timings.add(Stage::Effects, batch.get(Stage::Effects));
+            timings.add(Stage::Readback, batch.get(Stage::Readback));
+        }
         progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();

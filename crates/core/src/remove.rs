@@ -96,7 +96,8 @@ impl Remover {
     }
 
     /// The model's raw masks (values 0..255 after min-max, at the model's input size) for a
-    /// batch of images.
+    /// batch of images. On the device, the commands that make them are left pending on this
+    /// thread (see `ImageOps::record_into`).
     pub fn masks_of(&self, images: &[&Image], timings: &mut StageTimes) -> Result<Vec<Image>> {
         if let Some(masks) = self.masks_on_device(images, timings)? {
             return Ok(masks);
@@ -174,9 +175,7 @@ impl Remover {
                     .into())
             })
             .collect::<Result<Vec<_>>>()?;
-        // The masks are read by the next stage, on another thread: submitted here, with the
-        // forward's output they read (one submit for the batch's masks).
-        self.ops.flush();
+        // The masks' commands stay pending: the caller submits them with what reads them.
         timings.add(Stage::Forward, start.elapsed());
         Ok(Some(masks))
     }

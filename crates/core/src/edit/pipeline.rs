@@ -1,6 +1,9 @@
 //! Runs edits on the GPU, top to bottom: upload → segment (one batch for all jobs) →
-//! refine the mask with the photo as guide → measure the mask → place on the canvas → background, shadow, outline → compose → read
-//! back once. Encoding happens afterwards, on the caller's CPU threads (`encode`).
+//! refine the mask with the photo as guide → measure the mask → place on the canvas →
+//! background, shadow, outline → compose → read back. After the model, a batch's jobs
+//! pass each stage together, so a batch costs two submissions and two readbacks (the
+//! subjects' boxes, then the results) whatever its size. Encoding happens afterwards, on
+//! the caller's CPU threads (`encode`).
 
 use std::time::Instant;
 
@@ -11,8 +14,8 @@ use super::{BlurMode, Channels, Edit, FieldError, Fill, Length, Scaling, ShadowM
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops::{
-    BlurKind, ComposeLayers, ComposeStyle, Image, ImageOps, MaskChannel, MaskStats, PlaceMap,
-    Refinement, ShadowLayer,
+    BlurKind, ComposeLayers, ComposeStyle, Image, ImageOps, MaskChannel, MaskStats, Measured,
+    PlaceMap, Recording, Refinement, ShadowLayer, SpillKey,
 };
 use crate::remove::Remover;
 use crate::timing::{Stage, StageTimes};
@@ -32,8 +35,8 @@ pub struct EditOutput {
     /// Share of the subject's pixels the model was unsure about (0..1); `None` without a
     /// model mask.
     pub uncertainty: Option<f32>,
-    /// What this image waited for: its batch's preprocess and forward, the earlier jobs of
-    /// its batch (as `queue_wait`), its own effects and readback.
+    /// What this image waited for: its batch's preprocess, forward, effects and readback
+    /// (the jobs of a batch pass each stage together).
     pub timings: StageTimes,
 }
 
@@ -45,6 +48,8 @@ pub struct Editor {
 pub struct Segmented {
     photos: Vec<Result<Image>>,
     masks: Vec<Option<Result<Image>>>,
+    /// The commands that make the masks, submitted with the first stage after the model.
+    recording: Recording,
     /// The batch's preprocess and forward time, which every job of it waited for.
     batch: StageTimes,
 }
@@ -100,8 +105,14 @@ impl Editor {
             .map(|&i| photos[i].as_ref().expect("filtered to accepted images"))
             .collect();
         let mut masks: Vec<Option<Result<Image>>> = (0..jobs.len()).map(|_| None).collect();
+        // The commands that turn the model's output into masks run with the next stage's,
+        // which may be on another thread: they travel with the batch, unsubmitted.
+        let mut recording = Recording::default();
         if !batch.is_empty() {
-            match ops.capturing(|| self.remover.masks_of(&batch, &mut timings)) {
+            let found = ops.record_into(&mut recording, || {
+                self.remover.masks_of(&batch, &mut timings)
+            });
+            match found {
                 Ok(found) => {
                     for (&i, mask) in needs_model.iter().zip(found) {
                         masks[i] = Some(Ok(mask));
@@ -114,11 +125,10 @@ impl Editor {
                 }
             }
         }
-        // The next stage may run on another thread: what this one recorded is submitted.
-        ops.flush();
         Segmented {
             photos,
             masks,
+            recording,
             batch: timings,
         }
     }
@@ -131,9 +141,12 @@ impl Editor {
         results
     }
 
-    /// [`Editor::finish_batch`], handing each job's result (with its index) to `done` as
-    /// soon as it is ready, so a server can encode and answer it while the next job renders.
-    /// A job's `queue_wait` includes the time it waited for the earlier jobs of its batch.
+    /// [`Editor::finish_batch`], handing each job's result (with its index) to `done`.
+    ///
+    /// The batch's jobs pass each stage together: every job's refinement and measurement
+    /// are recorded, then submitted and read back at once; then every job's placement,
+    /// effects and compositing, again submitted and read back at once. A job's failure does
+    /// not fail the others; its commands are dropped unsubmitted.
     pub fn finish_each(
         &self,
         jobs: &[Job],
@@ -143,41 +156,111 @@ impl Editor {
         let Segmented {
             photos,
             masks,
+            mut recording,
             batch,
         } = segmented;
+        let ops = self.ops();
         let started = Instant::now();
-        for (i, ((job, image), mask)) in jobs.iter().zip(photos).zip(masks).enumerate() {
-            let mut timings = batch;
-            timings.add(Stage::QueueWait, started.elapsed());
-            let result = image.and_then(|image| {
-                let output = self
-                    .ops()
-                    .capturing(|| self.finish(job, &image, mask.transpose()?, &mut timings))?;
-                Ok(EditOutput { timings, ..output })
+        if ops.on_host() {
+            // The host operations read the masks at once: what makes them runs first.
+            ops.submit_recording(std::mem::take(&mut recording));
+        }
+
+        let measured: Vec<Result<(Image, Measuring)>> = jobs
+            .iter()
+            .zip(photos)
+            .zip(masks)
+            .map(|((job, photo), mask)| {
+                let photo = photo?;
+                let measuring = ops.record_into(&mut recording, || {
+                    self.measure(job, &photo, mask.transpose()?)
+                })?;
+                Ok((photo, measuring))
+            })
+            .collect();
+        // Hand-off to the host: the layout needs each subject's box there (it sets the
+        // canvas and intermediate image sizes and the shadow's geometry), so the batch's
+        // boxes come back together, in one submission and one readback.
+        let wanted: Vec<&Measured> = measured
+            .iter()
+            .filter_map(|job| job.as_ref().ok()?.1.measured.as_ref())
+            .collect();
+        let stats = ops.capturing(|| ops.read_stats(recording, &wanted));
+        let mut stats = match stats {
+            Ok((stats, _)) => Ok(stats.into_iter()),
+            Err(error) => Err(error),
+        };
+
+        let mut recording = Recording::default();
+        let composed: Vec<Result<Composed>> = jobs
+            .iter()
+            .zip(measured)
+            .map(|(job, measured)| {
+                let (photo, measuring) = measured?;
+                let job_stats = match (&measuring.measured, &mut stats) {
+                    (None, _) => None,
+                    (Some(_), Ok(read)) => read.next(),
+                    (Some(_), Err(error)) => return Err(error.clone()),
+                };
+                ops.record_into(&mut recording, || {
+                    self.compose(job, &photo, measuring, job_stats)
+                })
+            })
+            .collect();
+        // The batch's results, in one submission and one readback.
+        let mut images = Vec::new();
+        let layouts: Vec<Result<Layout>> = composed
+            .into_iter()
+            .map(|composed| {
+                composed.map(|Composed { image, layout }| {
+                    images.push(image);
+                    layout
+                })
+            })
+            .collect();
+        let read_started = Instant::now();
+        let read = ops.capturing(|| ops.read_images(recording, images));
+        let mut timings = batch;
+        match &read {
+            Ok((_, device_time)) => {
+                timings.add(Stage::Effects, read_started - started + *device_time);
+                timings.add(Stage::Readback, read_started.elapsed() - *device_time);
+            }
+            Err(_) => timings.add(Stage::Effects, started.elapsed()),
+        }
+        let mut read = match read {
+            Ok((images, _)) => Ok(images.into_iter()),
+            Err(error) => Err(error),
+        };
+        for (i, layout) in layouts.into_iter().enumerate() {
+            let result = layout.and_then(|layout| {
+                let image = match &mut read {
+                    Ok(images) => images
+                        .next()
+                        .ok_or_else(|| Error::Device("a result was not read back".into()))?,
+                    Err(error) => return Err(error.clone()),
+                };
+                Ok(EditOutput {
+                    image,
+                    foreground: layout.foreground,
+                    uncertainty: layout.uncertainty,
+                    timings,
+                })
             });
             done(i, result);
         }
     }
 
-    fn finish(
-        &self,
-        job: &Job,
-        image: &Image,
-        model_mask: Option<Image>,
-        timings: &mut StageTimes,
-    ) -> Result<EditOutput> {
+    /// The first stage of a job after the model: its region of interest, its full-size
+    /// mask (refined or upsampled) and the statistics of that mask, recorded.
+    fn measure(&self, job: &Job, image: &Image, model_mask: Option<Image>) -> Result<Measuring> {
         let ops = self.ops();
         let edit = &job.edit;
-        let (width, height) = (image.width(), image.height());
-        let roi = region_of_interest(edit, width, height)?;
-
-        let start = Instant::now();
+        let roi = region_of_interest(edit, image.width(), image.height())?;
         let spill_key = match (&model_mask, edit.despill) {
             (_, false) => None,
-            (Some(mask), true) => {
-                Some(background_colour(&job.image, ops.host(mask)?).unwrap_or(GREEN))
-            }
-            (None, true) => Some(GREEN),
+            (Some(mask), true) => Some(ops.spill_key(image, mask)?),
+            (None, true) => Some(SpillKey::Colour(SpillKey::GREEN)),
         };
         let refinement = edit.refine.then(Refinement::default);
         let mask = match model_mask {
@@ -186,11 +269,36 @@ impl Editor {
         };
         // Without a model mask, a job that removes the background uses the image's own alpha
         // (`needs_model` decided that, so the pixels are not scanned again here).
-        let stats = match (&mask, job.edit.remove_background) {
-            (Some(mask), _) => Some(ops.stats(mask, MaskChannel::Red, roi)?),
-            (None, true) => Some(ops.stats(image, MaskChannel::Alpha, roi)?),
+        let measured = match (&mask, edit.remove_background) {
+            (Some(mask), _) => Some(ops.measure(mask, MaskChannel::Red, roi)?),
+            (None, true) => Some(ops.measure(image, MaskChannel::Alpha, roi)?),
             (None, false) => None,
         };
+        Ok(Measuring {
+            roi,
+            mask,
+            measured,
+            spill_key,
+        })
+    }
+
+    /// The second stage: placement, background, shadow, outline and compositing, recorded.
+    fn compose(
+        &self,
+        job: &Job,
+        image: &Image,
+        measuring: Measuring,
+        stats: Option<MaskStats>,
+    ) -> Result<Composed> {
+        let ops = self.ops();
+        let edit = &job.edit;
+        let (width, height) = (image.width(), image.height());
+        let Measuring {
+            roi,
+            mask,
+            spill_key,
+            ..
+        } = measuring;
         let subject = match stats {
             Some(MaskStats {
                 bbox: Some([x0, y0, x1, y1]),
@@ -275,9 +383,9 @@ impl Editor {
             },
             matte: [1.0; 4],
             watermark: edit.watermark,
-            despill: spill_key,
+            despill: None,
         };
-        let composed = ops.compose_image(
+        let image = ops.compose_image(
             &ComposeLayers {
                 background: background_layer.as_ref(),
                 shadow: shadow.as_ref(),
@@ -286,55 +394,44 @@ impl Editor {
                 subject_mask: &subject_mask,
             },
             style,
+            spill_key.as_ref(),
         )?;
-        ops.finish()?;
-        timings.add(Stage::Effects, start.elapsed());
-        let result = timings.time(Stage::Readback, || ops.into_host(composed))?;
-
-        let uncertainty = match (stats, job.edit.remove_background && mask.is_some()) {
+        let uncertainty = match (stats, edit.remove_background && mask.is_some()) {
             (Some(stats), true) if stats.foreground > 0 => {
                 Some(stats.uncertain as f32 / stats.foreground as f32)
             }
             _ => None,
         };
-        Ok(EditOutput {
-            image: result,
-            foreground: canvas_subject.and_then(|s| clip_box(s, placement.canvas)),
-            uncertainty,
-            timings: StageTimes::default(),
+        Ok(Composed {
+            image,
+            layout: Layout {
+                foreground: canvas_subject.and_then(|s| clip_box(s, placement.canvas)),
+                uncertainty,
+            },
         })
     }
 }
 
-/// PhotoRoom documents despill for green backgrounds; other coloured backgrounds are found
-/// by `background_colour`.
-const GREEN: [f32; 3] = [0.0, 1.0, 0.0];
+/// A job between the two stages of [`Editor::finish_each`].
+struct Measuring {
+    roi: [f32; 4],
+    mask: Option<Image>,
+    /// The full-size mask's statistics (or the image's own alpha's), being computed.
+    measured: Option<Measured>,
+    spill_key: Option<SpillKey>,
+}
 
-/// The mean colour of the photo where the model's mask says background, when it is coloured
-/// enough to spill onto the subject (grey, white and black backgrounds are not).
-fn background_colour(image: &RgbaImage, mask: &RgbaImage) -> Option<[f32; 3]> {
-    let (width, height) = (image.width() as u64, image.height() as u64);
-    let (mask_width, mask_height) = (mask.width() as u64, mask.height() as u64);
-    let mut sum = [0.0f64; 3];
-    let mut count = 0u64;
-    for (x, y, m) in mask.enumerate_pixels() {
-        if m.0[0] < 13 {
-            let px = (2 * x as u64 + 1) * width / (2 * mask_width);
-            let py = (2 * y as u64 + 1) * height / (2 * mask_height);
-            let pixel = image.get_pixel(px as u32, py as u32).0;
-            for c in 0..3 {
-                sum[c] += pixel[c] as f64 / 255.0;
-            }
-            count += 1;
-        }
-    }
-    if count == 0 {
-        return None;
-    }
-    let mean = sum.map(|s| (s / count as f64) as f32);
-    let max = mean.iter().copied().fold(0.0, f32::max);
-    let min = mean.iter().copied().fold(1.0, f32::min);
-    (max - min >= 0.15).then_some(mean)
+/// A job's result before it is read back.
+struct Composed {
+    image: Image,
+    layout: Layout,
+}
+
+/// What a result reports beside its pixels.
+#[derive(Clone, Copy)]
+struct Layout {
+    foreground: Option<[u32; 4]>,
+    uncertainty: Option<f32>,
 }
 
 fn needs_model(job: &Job) -> bool {
@@ -443,35 +540,4 @@ fn clip_box(rect: Rect, canvas: [u32; 2]) -> Option<[u32; 4]> {
     let x1 = rect.x1.round().clamp(0.0, canvas[0] as f64) as u32;
     let y1 = rect.y1.round().clamp(0.0, canvas[1] as f64) as u32;
     (x1 > x0 && y1 > y0).then(|| [x0, y0, x1 - x0, y1 - y0])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A photo whose left half is `left` and right half a red subject; the mask marks the
-    /// left half as background.
-    fn photo_and_mask(left: [u8; 3]) -> (RgbaImage, RgbaImage) {
-        let photo = RgbaImage::from_fn(400, 300, |x, _| {
-            let [r, g, b] = if x < 200 { left } else { [200, 30, 30] };
-            image::Rgba([r, g, b, 255])
-        });
-        let mask = RgbaImage::from_fn(320, 320, |x, _| {
-            let v = if x < 160 { 0 } else { 255 };
-            image::Rgba([v, v, v, 255])
-        });
-        (photo, mask)
-    }
-
-    #[test]
-    fn despill_key_is_the_coloured_background() {
-        let (photo, mask) = photo_and_mask([20, 60, 220]);
-        let key = background_colour(&photo, &mask).unwrap();
-        let expected = [20.0 / 255.0, 60.0 / 255.0, 220.0 / 255.0];
-        for c in 0..3 {
-            assert!((key[c] - expected[c]).abs() < 1e-3, "{key:?}");
-        }
-        let (photo, mask) = photo_and_mask([235, 235, 230]);
-        assert_eq!(background_colour(&photo, &mask), None, "white has no spill");
-    }
 }

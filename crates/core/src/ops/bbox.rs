@@ -54,6 +54,20 @@ impl ImageOps {
         channel: MaskChannel,
         roi: [f32; 4],
     ) -> Result<MaskStats> {
+        let stats = self.record_mask_stats(mask, channel, roi)?;
+        Ok(MaskStats::from_bytes(
+            &self.read_buffer(&stats, STATS_BYTES)?,
+        ))
+    }
+
+    /// Records [`ImageOps::mask_stats`]'s dispatch; the statistics are in the returned
+    /// buffer once it has run ([`MaskStats::from_bytes`] reads its `STATS_BYTES`).
+    pub(super) fn record_mask_stats(
+        &self,
+        mask: &GpuImage,
+        channel: MaskChannel,
+        roi: [f32; 4],
+    ) -> Result<wgpu::Buffer> {
         let params = self.uniform(&Params {
             size: [mask.width, mask.height],
             foreground: FOREGROUND,
@@ -83,13 +97,25 @@ impl ImageOps {
             grid(mask.width, mask.height),
         )?;
         self.submit(encoder);
-        let bytes = self.read_buffer(&stats, 24)?;
-        let v: &[u32] = bytemuck::cast_slice(&bytes);
-        Ok(MaskStats {
+        Ok(stats)
+    }
+}
+
+/// The size of `shaders/bbox.wgsl`'s `Stats`: six `u32`s.
+pub(super) const STATS_BYTES: u64 = 24;
+
+impl MaskStats {
+    /// `shaders/bbox.wgsl`'s `Stats` as read back.
+    pub(super) fn from_bytes(bytes: &[u8]) -> Self {
+        let mut v = [0u32; 6];
+        for (value, word) in v.iter_mut().zip(bytes.chunks_exact(4)) {
+            *value = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        MaskStats {
             bbox: (v[4] > 0).then(|| [v[0], v[1], v[2], v[3]]),
             foreground: v[4],
             uncertain: v[5],
-        })
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-use super::{GpuImage, ImageOps, grid};
+use super::{GpuImage, ImageOps, Limiter, grid};
 use crate::error::{Error, Result};
 
 /// The canvas-sized layers of a result, back to front: device images, host images
@@ -63,7 +63,9 @@ pub struct ComposeStyle {
     pub channels: u32,
     pub matte: [f32; 4],
     pub watermark: bool,
-    /// The background colour (straight RGB) whose reflections to remove from the subject.
+    /// A known background colour (straight RGB) whose reflections to remove from the
+    /// subject; one measured on the device is given as a [`Limiter`] instead
+    /// ([`ImageOps::compose_despilled`]).
     pub despill: Option<[f32; 3]>,
 }
 
@@ -97,8 +99,6 @@ uniform! {
         outline_on: u32,
         watermark: u32,
         _pad: u32,
-        spill_weights: [f32; 4],
-        spill_direction: [f32; 4],
     }
 }
 
@@ -106,10 +106,19 @@ impl ImageOps {
     /// `shaders/compose.wgsl`: background, shadow, outline, subject and watermark in
     /// premultiplied alpha, written as straight RGBA8.
     pub fn compose(&self, layers: &ComposeLayers, style: ComposeStyle) -> Result<GpuImage> {
+        self.compose_despilled(layers, style, &self.known_spill(style.despill))
+    }
+
+    /// [`ImageOps::compose`] with spill removal by `spill` (e.g. measured on the device by
+    /// [`ImageOps::measure_spill`]) in place of `style.despill`.
+    pub fn compose_despilled(
+        &self,
+        layers: &ComposeLayers,
+        style: ComposeStyle,
+        spill: &Limiter,
+    ) -> Result<GpuImage> {
         let subject = layers.subject;
         let (w, h) = layers.check_sizes(|image| (image.width, image.height))?;
-        let (spill_weights, spill_direction) =
-            style.despill.map_or(([0.0; 4], [0.0; 4]), spill_limiter);
         let params = self.uniform(&Params {
             size: [w, h],
             background_mode: layers.background.is_some() as u32,
@@ -121,8 +130,6 @@ impl ImageOps {
             outline_on: layers.outline.is_some() as u32,
             watermark: style.watermark as u32,
             _pad: 0,
-            spill_weights,
-            spill_direction,
         });
         let output = self.empty_image(w, h)?;
         let mut encoder = self.encoder();
@@ -137,6 +144,7 @@ impl ImageOps {
                 ("subject", &subject.buffer),
                 ("subject_mask", &layers.subject_mask.buffer),
                 ("dst", &output.buffer),
+                ("spill", &spill.buffer),
             ],
             grid(w, h),
         )?;

@@ -592,6 +592,34 @@ fn watermark_alpha(x: usize, y: usize) -> f32 {
     if (x + y) % 96 < 24 { 0.35 } else { 0.0 }
 }
 
+/// `shaders/spill.wgsl`'s key: the mean colour of `photo` where the model's `mask` (any
+/// size, red channel) says background, when it is coloured enough to spill onto the subject
+/// (grey, white and black backgrounds are not).
+pub fn spill_colour(photo: &RgbaImage, mask: &RgbaImage) -> Option<[f32; 3]> {
+    let (width, height) = (photo.width() as u64, photo.height() as u64);
+    let (mask_width, mask_height) = (mask.width() as u64, mask.height() as u64);
+    let mut sum = [0.0f64; 3];
+    let mut count = 0u64;
+    for (x, y, m) in mask.enumerate_pixels() {
+        if m.0[0] < 13 {
+            let px = (2 * x as u64 + 1) * width / (2 * mask_width);
+            let py = (2 * y as u64 + 1) * height / (2 * mask_height);
+            let pixel = photo.get_pixel(px as u32, py as u32).0;
+            for c in 0..3 {
+                sum[c] += pixel[c] as f64 / 255.0;
+            }
+            count += 1;
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    let mean = sum.map(|s| (s / count as f64) as f32);
+    let max = mean.iter().copied().fold(0.0, f32::max);
+    let min = mean.iter().copied().fold(1.0, f32::min);
+    (max - min >= 0.15).then_some(mean)
+}
+
 #[cfg(test)]
 mod tests {
     use super::box_mean;

@@ -4,14 +4,35 @@
 //! image crosses to the other side only when an operation needs it there, at most once.
 
 use std::cell::OnceCell;
+use std::time::Duration;
 
 use image::RgbaImage;
 
 use super::{
-    ComposeLayers, ComposeStyle, Filter, GpuImage, ImageOps, MaskChannel, MaskStats, PlaceMap,
-    Refinement, cpu,
+    ComposeLayers, ComposeStyle, Filter, GpuImage, ImageOps, Limiter, MaskChannel, MaskStats,
+    PlaceMap, Recording, Refinement, bbox::STATS_BYTES, cpu,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// A mask's statistics ([`ImageOps::measure`]): computed on the host, or recorded on the
+/// device and read with the rest of a batch ([`ImageOps::read_stats`]).
+pub enum Measured {
+    Host(MaskStats),
+    Device(wgpu::Buffer),
+}
+
+/// The background colour to remove from the subject's edges ([`ImageOps::spill_key`]).
+pub enum SpillKey {
+    /// Known on the host: measured there, or the fallback.
+    Colour([f32; 3]),
+    /// Measured and consumed on the device.
+    Measured(Limiter),
+}
+
+impl SpillKey {
+    /// PhotoRoom documents despill for green backgrounds: the key where none is measured.
+    pub const GREEN: [f32; 3] = [0.0, 1.0, 0.0];
+}
 
 pub struct Image {
     width: u32,
@@ -119,12 +140,101 @@ impl ImageOps {
         Ok(refined.into())
     }
 
-    /// [`ImageOps::mask_stats`] or [`cpu::mask_stats`].
+    /// [`ImageOps::mask_stats`] or [`cpu::mask_stats`], read at once.
     pub fn stats(&self, mask: &Image, channel: MaskChannel, roi: [f32; 4]) -> Result<MaskStats> {
+        let measured = self.measure(mask, channel, roi)?;
+        Ok(self.read_stats(Recording::default(), &[&measured])?.0[0])
+    }
+
+    /// [`ImageOps::stats`], recorded on the device to be read with the rest of a batch by
+    /// [`ImageOps::read_stats`]; computed at once on the host.
+    pub fn measure(&self, mask: &Image, channel: MaskChannel, roi: [f32; 4]) -> Result<Measured> {
         if self.on_host() {
-            return Ok(cpu::mask_stats(self.host(mask)?, channel, roi));
+            return Ok(Measured::Host(cpu::mask_stats(
+                self.host(mask)?,
+                channel,
+                roi,
+            )));
         }
-        self.mask_stats(self.device(mask)?, channel, roi)
+        let buffer = self.record_mask_stats(self.device(mask)?, channel, roi)?;
+        Ok(Measured::Device(buffer))
+    }
+
+    /// Submits `recording` and reads every statistic in `measured` in one submission and
+    /// one readback; with the time the device took to run it.
+    pub fn read_stats(
+        &self,
+        recording: Recording,
+        measured: &[&Measured],
+    ) -> Result<(Vec<MaskStats>, Duration)> {
+        let parts: Vec<(&wgpu::Buffer, u64)> = measured
+            .iter()
+            .filter_map(|m| match m {
+                Measured::Device(buffer) => Some((buffer, STATS_BYTES)),
+                Measured::Host(_) => None,
+            })
+            .collect();
+        let read = self.read_recorded(recording, &parts)?;
+        let mut bytes = read.parts.into_iter();
+        let stats = measured
+            .iter()
+            .map(|m| match m {
+                Measured::Host(stats) => *stats,
+                Measured::Device(_) => MaskStats::from_bytes(&bytes.next().unwrap_or_default()),
+            })
+            .collect();
+        Ok((stats, read.device_time))
+    }
+
+    /// Submits `recording` and takes every image to the host, those on the device in one
+    /// submission and one readback; with the time the device took to run it.
+    pub fn read_images(
+        &self,
+        recording: Recording,
+        images: Vec<Image>,
+    ) -> Result<(Vec<RgbaImage>, Duration)> {
+        let mut on_device = Vec::new();
+        let mut on_host = Vec::new();
+        for image in images {
+            let Image {
+                host,
+                device,
+                width,
+                height,
+            } = image;
+            match (host.into_inner(), device.into_inner()) {
+                (Some(pixels), _) => on_host.push(Some(pixels)),
+                (None, Some(device)) => {
+                    on_host.push(None);
+                    on_device.push(device);
+                }
+                (None, None) => {
+                    return Err(Error::Device(format!(
+                        "a {width}x{height} image on neither side"
+                    )));
+                }
+            }
+        }
+        let parts: Vec<(&wgpu::Buffer, u64)> = on_device
+            .iter()
+            .map(|image| (&image.buffer, image.pixel_count() as u64 * 4))
+            .collect();
+        let read = self.read_recorded(recording, &parts)?;
+        let mut read_pixels = on_device.iter().zip(read.parts);
+        let images = on_host
+            .into_iter()
+            .map(|pixels| match pixels {
+                Some(pixels) => Ok(pixels),
+                None => {
+                    let (image, bytes) = read_pixels
+                        .next()
+                        .ok_or_else(|| Error::Device("fewer images read back than sent".into()))?;
+                    RgbaImage::from_raw(image.width, image.height, bytes)
+                        .ok_or_else(|| Error::Device("read back a buffer of the wrong size".into()))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((images, read.device_time))
     }
 
     /// [`ImageOps::place`] or [`cpu::place`].
@@ -144,17 +254,45 @@ impl ImageOps {
         Ok((colour.into(), canvas_mask.into()))
     }
 
-    /// [`ImageOps::compose`] or [`cpu::compose`], bringing each layer to where it runs.
+    /// The colour of `photo`'s background where the model's `mask` says background
+    /// ([`ImageOps::measure_spill`] or [`cpu::spill_colour`]), green when it is not coloured.
+    pub fn spill_key(&self, photo: &Image, mask: &Image) -> Result<SpillKey> {
+        if self.on_host() {
+            let colour = cpu::spill_colour(self.host(photo)?, self.host(mask)?);
+            return Ok(SpillKey::Colour(colour.unwrap_or(SpillKey::GREEN)));
+        }
+        let limiter = self.measure_spill(self.device(photo)?, self.device(mask)?)?;
+        Ok(SpillKey::Measured(limiter))
+    }
+
+    /// [`ImageOps::compose`] or [`cpu::compose`], bringing each layer to where it runs; a
+    /// `spill` key takes the place of `style.despill`.
     pub fn compose_image(
         &self,
         layers: &ComposeLayers<Image>,
         style: ComposeStyle,
+        spill: Option<&SpillKey>,
     ) -> Result<Image> {
-        if self.on_host() {
+        let (style, measured) = match spill {
+            None => (style, None),
+            Some(SpillKey::Colour(colour)) => (
+                ComposeStyle {
+                    despill: Some(*colour),
+                    ..style
+                },
+                None,
+            ),
+            Some(SpillKey::Measured(limiter)) => (style, Some(limiter)),
+        };
+        if self.on_host() && measured.is_none() {
             let layers = layers.try_map(|layer| self.host(layer))?;
             return self.image(cpu::compose(&layers, style)?);
         }
         let layers = layers.try_map(|layer| self.device(layer))?;
-        Ok(self.compose(&layers, style)?.into())
+        let composed = match measured {
+            Some(limiter) => self.compose_despilled(&layers, style, limiter)?,
+            None => self.compose(&layers, style)?,
+        };
+        Ok(composed.into())
     }
 }

@@ -36,15 +36,17 @@ mod place;
 mod refine;
 mod resize;
 mod shadow;
+mod spill;
 
 pub use bbox::{MaskChannel, MaskStats};
 pub use blur::BlurKind;
 pub use compose::{ComposeLayers, ComposeStyle};
-pub use located::Image;
+pub use located::{Image, Measured, SpillKey};
 pub use place::PlaceMap;
 pub use refine::Refinement;
 pub use resize::Filter;
 pub use shadow::ShadowLayer;
+pub use spill::Limiter;
 
 use wgpu::util::DeviceExt;
 
@@ -112,6 +114,7 @@ pub struct ImageOps {
     shadow: shadow::Pipelines,
     refine: refine::Pipelines,
     compose: Kernel,
+    spill: spill::Pipelines,
     on_host: bool,
     /// Each thread's commands recorded since its last submit: operations append to them
     /// and only a readback or [`ImageOps::flush`] submits, so a job's operations go to the
@@ -163,7 +166,7 @@ impl ImageOps {
         let (resize, normalize, mask) = (shader("resize"), shader("normalize"), shader("mask"));
         let (place, bbox, blur) = (shader("place"), shader("bbox"), shader("blur"));
         let (outline, shadow) = (shader("outline"), shader("shadow"));
-        let (compose, refine) = (shader("compose"), shader("refine"));
+        let (compose, refine, spill) = (shader("compose"), shader("refine"), shader("spill"));
         Self {
             gpu: gpu.clone(),
             resize: pipeline(gpu, &resize, "main"),
@@ -177,6 +180,7 @@ impl ImageOps {
             shadow: shadow::Pipelines::new(gpu, &shadow),
             refine: refine::Pipelines::new(gpu, &refine),
             compose: pipeline(gpu, &compose, "main"),
+            spill: spill::Pipelines::new(gpu, &spill),
             on_host,
             pending: Default::default(),
             counters: Counters::default(),
@@ -345,6 +349,11 @@ impl ImageOps {
         }
     }
 
+    fn has_pending(&self) -> bool {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.contains_key(&std::thread::current().id())
+    }
+
     fn take_pending(&self) -> Option<wgpu::CommandEncoder> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.remove(&std::thread::current().id())
@@ -401,39 +410,131 @@ impl ImageOps {
 
     /// Copies `size` bytes of `buffer` back to the host, waiting for the device.
     fn read_buffer(&self, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
-        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let read = self.read_recorded(Recording::default(), &[(buffer, size)])?;
+        Ok(read.parts.into_iter().next().unwrap_or_default())
+    }
+
+    /// Runs `work`, whose device commands are recorded into `recording` when it succeeds
+    /// and dropped when it fails, so one job's failure cannot spoil the commands of the
+    /// others it is submitted with. Errors are caught as in [`ImageOps::capturing`].
+    pub fn record_into<T>(
+        &self,
+        recording: &mut Recording,
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        // Commands recorded before belong to other work: they go to the device first.
+        if let Some(earlier) = self.take_pending() {
+            self.submit_now(earlier);
+        }
+        let result = self.capturing(work);
+        if let (Ok(_), Some(encoder)) = (&result, self.take_pending()) {
+            recording.buffers.push(encoder.finish());
+        }
+        result
+    }
+
+    /// Submits `recording` now (nothing when it is empty).
+    pub fn submit_recording(&self, recording: Recording) {
+        if !recording.buffers.is_empty() {
+            count(&self.counters.submits, 1);
+            self.gpu.queue.submit(recording.buffers);
+        }
+    }
+
+    /// Submits `recording` and copies of each `(buffer, size)` as one submission, and reads
+    /// the copies back through one mapped buffer.
+    fn read_recorded(
+        &self,
+        recording: Recording,
+        parts: &[(&wgpu::Buffer, u64)],
+    ) -> Result<ReadBack> {
+        let total: u64 = parts.iter().map(|&(_, size)| size).sum();
+        if total == 0 && recording.buffers.is_empty() && !self.has_pending() {
+            // Nothing ran on the device, but a loss is still noticed at the batch it
+            // happened in, so the caller can reopen the device before the next one.
+            self.finish()?;
+            return Ok(ReadBack {
+                parts: parts.iter().map(|_| Vec::new()).collect(),
+                device_time: std::time::Duration::ZERO,
+            });
+        }
         let mut encoder = self.encoder();
-        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
-        let copied = self.submit_now(encoder);
+        let staging = (total > 0).then(|| {
+            self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: total,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        if let Some(staging) = &staging {
+            let mut offset = 0;
+            for &(buffer, size) in parts {
+                encoder.copy_buffer_to_buffer(buffer, 0, staging, offset, size);
+                offset += size;
+            }
+        }
+        let started = std::time::Instant::now();
+        count(&self.counters.submits, 1);
+        let buffers = recording.buffers.into_iter().chain([encoder.finish()]);
+        let submitted = self.gpu.queue.submit(buffers);
+        let Some(staging) = staging else {
+            return Ok(ReadBack {
+                parts: parts.iter().map(|_| Vec::new()).collect(),
+                device_time: std::time::Duration::ZERO,
+            });
+        };
         count(&self.counters.readbacks, 1);
-        count(&self.counters.bytes_read_back, size);
+        count(&self.counters.bytes_read_back, total);
         let slice = staging.slice(..);
         let (sender, receiver) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |result| {
             let _ = sender.send(result);
         });
-        self.wait_for(copied)
+        self.wait_for(submitted)
             .map_err(|e| Error::DeviceLost(format!("while reading back: {e}")))?;
+        let device_time = started.elapsed();
         receiver
             .recv()
             .map_err(|_| Error::DeviceLost("the readback never completed".into()))?
             .map_err(|e| Error::DeviceLost(format!("reading back: {e}")))?;
-        let bytes = slice
+        let mapped = slice
             .get_mapped_range()
-            .map_err(|e| Error::DeviceLost(format!("reading back: {e}")))?
-            .to_vec();
+            .map_err(|e| Error::DeviceLost(format!("reading back: {e}")))?;
+        let mut offset = 0;
+        let read = parts
+            .iter()
+            .map(|&(_, size)| {
+                let part = mapped[offset..offset + size as usize].to_vec();
+                offset += size as usize;
+                part
+            })
+            .collect();
+        drop(mapped);
         staging.unmap();
-        Ok(bytes)
+        Ok(ReadBack {
+            parts: read,
+            device_time,
+        })
     }
 }
 
+/// Device commands of several jobs, recorded by [`ImageOps::record_into`] and submitted
+/// together by the batch's readback.
+#[derive(Default)]
+pub struct Recording {
+    buffers: Vec<wgpu::CommandBuffer>,
+}
+
+/// Bytes read back by one submission, and how long the device took to run it (the
+/// recorded work and the copies) before they could be mapped.
+struct ReadBack {
+    parts: Vec<Vec<u8>>,
+    device_time: std::time::Duration,
+}
+
 /// Every WGSL file in `shaders/`, by name, built into the binary.
-const SHADERS: [(&str, &str); 10] = [
+const SHADERS: [(&str, &str); 11] = [
     ("bbox", include_str!("../../../../shaders/bbox.wgsl")),
     ("blur", include_str!("../../../../shaders/blur.wgsl")),
     ("compose", include_str!("../../../../shaders/compose.wgsl")),
@@ -447,6 +548,7 @@ const SHADERS: [(&str, &str); 10] = [
     ("refine", include_str!("../../../../shaders/refine.wgsl")),
     ("resize", include_str!("../../../../shaders/resize.wgsl")),
     ("shadow", include_str!("../../../../shaders/shadow.wgsl")),
+    ("spill", include_str!("../../../../shaders/spill.wgsl")),
 ];
 
 /// What naga reads from a WGSL file: the binding of each resource, by variable name.
@@ -555,7 +657,7 @@ pub(super) mod tests {
     }
 
     /// Each shader's uniform struct as its wrapper writes it: fields and total size.
-    fn host_uniforms() -> [(&'static str, &'static [Field], usize); 10] {
+    fn host_uniforms() -> [(&'static str, &'static [Field], usize); 11] {
         use std::mem::size_of;
         [
             (
@@ -607,6 +709,11 @@ pub(super) mod tests {
                 "shadow",
                 super::shadow::Params::FIELDS,
                 size_of::<super::shadow::Params>(),
+            ),
+            (
+                "spill",
+                super::spill::Params::FIELDS,
+                size_of::<super::spill::Params>(),
             ),
         ]
     }

@@ -1,0 +1,94 @@
+use super::{GpuImage, ImageOps, Kernel, Shader, compile_entries, grid};
+use crate::error::Result;
+
+pub(super) struct Pipelines {
+    measure: Kernel,
+    limiter: Kernel,
+}
+
+impl Pipelines {
+    pub fn new(gpu: &crate::gpu::Gpu, shader: &Shader) -> Self {
+        let [measure, limiter] = compile_entries(gpu, shader, ["measure", "limiter_from_sums"]);
+        Self { measure, limiter }
+    }
+}
+
+uniform! {
+    struct Params {
+        mask_size: [u32; 2],
+        photo_size: [u32; 2],
+    }
+}
+
+/// A spill limiter in a device buffer, as `compose.wgsl` reads it: the subject loses
+/// `max(0, rgb·weights) × direction`.
+pub struct Limiter {
+    pub(super) buffer: wgpu::Buffer,
+}
+
+/// The size of the `Limiter` struct of `spill.wgsl` and `compose.wgsl`: two `vec4<f32>`.
+const LIMITER_BYTES: u64 = 32;
+
+impl ImageOps {
+    /// `shaders/spill.wgsl`: the limiter for the photo's background colour where the
+    /// model's `mask` (any size, red channel) says background, or for green when that is
+    /// not coloured. Computed and consumed on the device.
+    pub fn measure_spill(&self, photo: &GpuImage, mask: &GpuImage) -> Result<Limiter> {
+        let params = self.uniform(&Params {
+            mask_size: [mask.width, mask.height],
+            photo_size: [photo.width, photo.height],
+        });
+        let sums = wgpu::util::DeviceExt::create_buffer_init(
+            &self.gpu.device,
+            &wgpu::util::BufferInitDescriptor {
+                label: Some("spill sums"),
+                contents: &[0; 16],
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            },
+        );
+        let limiter = wgpu::util::DeviceExt::create_buffer_init(
+            &self.gpu.device,
+            &wgpu::util::BufferInitDescriptor {
+                label: Some("spill limiter"),
+                contents: &[0; LIMITER_BYTES as usize],
+                usage: wgpu::BufferUsages::STORAGE,
+            },
+        );
+        // Each entry point binds only what it uses (the layouts are derived per entry).
+        let mut encoder = self.encoder();
+        self.dispatch(
+            &mut encoder,
+            &self.spill.measure,
+            &[
+                ("params", &params),
+                ("mask", &mask.buffer),
+                ("photo", &photo.buffer),
+                ("sums", &sums),
+            ],
+            grid(mask.width, mask.height),
+        )?;
+        self.dispatch(
+            &mut encoder,
+            &self.spill.limiter,
+            &[("sums", &sums), ("limiter", &limiter)],
+            [1, 1, 1],
+        )?;
+        self.submit(encoder);
+        Ok(Limiter { buffer: limiter })
+    }
+
+    /// The limiter for a known background colour (`None`: no spill removal), written by
+    /// the host.
+    pub(super) fn known_spill(&self, key: Option<[f32; 3]>) -> Limiter {
+        let (weights, direction) = key.map_or(([0.0; 4], [0.0; 4]), super::compose::spill_limiter);
+        let buffer = wgpu::util::DeviceExt::create_buffer_init(
+            &self.gpu.device,
+            &wgpu::util::BufferInitDescriptor {
+                label: Some("spill limiter"),
+                contents: bytemuck::cast_slice(&[weights, direction]),
+                usage: wgpu::BufferUsages::STORAGE,
+            },
+        );
+        Limiter { buffer }
+    }
+}
