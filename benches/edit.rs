@@ -145,6 +145,22 @@ fn ecommerce(c: &mut Criterion) {
             editor.render(&[job]).pop().unwrap().unwrap()
         })
     });
+    // What a server's batch costs: the jobs pass each stage together.
+    group.throughput(Throughput::Elements(4));
+    group.bench_function("batch of 4, same edit", |b| {
+        b.iter(|| {
+            let jobs: Vec<Job> = (0..4)
+                .map(|_| Job {
+                    image: image.clone(),
+                    background: None,
+                    edit: edit.clone(),
+                })
+                .collect();
+            for result in editor.render(&jobs) {
+                result.unwrap();
+            }
+        })
+    });
     group.finish();
 }
 

@@ -123,11 +123,18 @@ pub fn run(args: RemoveArgs) -> anyhow::Result<ExitCode> {
         timings.add(Stage::Decode, start.elapsed());
         let segmented = editor.segment(&jobs);
         timings += segmented.timings();
-        // The jobs of a batch share its effects and readback: counted once per batch.
+        // With the operations on the device the jobs of a batch share its effects and
+        // readback (counted once per batch); on the host each job passes them alone.
+        let shared = !editor.ops().on_host();
         let mut batch_effects = None;
         editor.finish_each(&jobs, segmented, |i, output| {
             let written = output.map_err(anyhow::Error::from).and_then(|output| {
-                batch_effects.get_or_insert(output.timings);
+                if shared {
+                    batch_effects.get_or_insert(output.timings);
+                } else {
+                    timings.add(Stage::Effects, output.timings.get(Stage::Effects));
+                    timings.add(Stage::Readback, output.timings.get(Stage::Readback));
+                }
                 let start = Instant::now();
                 let encoded = encode_result(&output.image, edit.format, edit.channels, None)?;
                 let file = batch[i];

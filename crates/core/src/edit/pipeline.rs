@@ -35,8 +35,9 @@ pub struct EditOutput {
     /// Share of the subject's pixels the model was unsure about (0..1); `None` without a
     /// model mask.
     pub uncertainty: Option<f32>,
-    /// What this image waited for: its batch's preprocess, forward, effects and readback
-    /// (the jobs of a batch pass each stage together).
+    /// What this image waited for: its batch's preprocess and forward, then its effects and
+    /// readback, which are the whole batch's where its jobs pass the stages together (see
+    /// [`Editor::finish_each`]).
     pub timings: StageTimes,
 }
 
@@ -143,10 +144,11 @@ impl Editor {
 
     /// [`Editor::finish_batch`], handing each job's result (with its index) to `done`.
     ///
-    /// The batch's jobs pass each stage together: every job's refinement and measurement
-    /// are recorded, then submitted and read back at once; then every job's placement,
-    /// effects and compositing, again submitted and read back at once. A job's failure does
-    /// not fail the others; its commands are dropped unsubmitted.
+    /// With the operations on the device, the batch's jobs pass each stage together: every
+    /// job's refinement and measurement are recorded, then submitted and read back at once;
+    /// then every job's placement, effects and compositing, again submitted and read back
+    /// at once. A job's failure does not fail the others; its commands are dropped
+    /// unsubmitted. With the operations on the host, each job passes the stages alone.
     pub fn finish_each(
         &self,
         jobs: &[Job],
@@ -160,20 +162,48 @@ impl Editor {
             batch,
         } = segmented;
         let ops = self.ops();
-        let started = Instant::now();
-        if ops.on_host() {
-            // The host operations read the masks at once: what makes them runs first.
-            ops.submit_recording(std::mem::take(&mut recording));
-        }
-
-        let measured: Vec<Result<(Image, Measuring)>> = jobs
+        let jobs: Vec<Pending> = jobs
             .iter()
             .zip(photos)
             .zip(masks)
-            .map(|((job, photo), mask)| {
-                let photo = photo?;
+            .enumerate()
+            .map(|(index, ((job, photo), mask))| Pending {
+                index,
+                job,
+                photo,
+                mask,
+            })
+            .collect();
+        if !ops.on_host() {
+            return self.finish_together(jobs, recording, batch, &mut done);
+        }
+        // The host operations read the masks at once: what makes them runs first. On the
+        // host nothing is gained by holding every job's images until the batch's end, so
+        // each job passes the stages alone (less memory, warmer caches).
+        ops.submit_recording(std::mem::take(&mut recording));
+        for job in jobs {
+            self.finish_together(vec![job], Recording::default(), batch, &mut done);
+        }
+    }
+
+    /// [`Editor::finish_each`] for `jobs` that pass each stage together.
+    fn finish_together(
+        &self,
+        jobs: Vec<Pending>,
+        mut recording: Recording,
+        batch: StageTimes,
+        done: &mut impl FnMut(usize, Result<EditOutput>),
+    ) {
+        let ops = self.ops();
+        let started = Instant::now();
+        let indices: Vec<(usize, &Job)> = jobs.iter().map(|p| (p.index, p.job)).collect();
+        let measured: Vec<Result<(Image, Measuring)>> = jobs
+            .into_iter()
+            .map(|pending| {
+                let photo = pending.photo?;
+                let mask = pending.mask;
                 let measuring = ops.record_into(&mut recording, || {
-                    self.measure(job, &photo, mask.transpose()?)
+                    self.measure(pending.job, &photo, mask.transpose()?)
                 })?;
                 Ok((photo, measuring))
             })
@@ -192,10 +222,10 @@ impl Editor {
         };
 
         let mut recording = Recording::default();
-        let composed: Vec<Result<Composed>> = jobs
+        let composed: Vec<Result<Composed>> = indices
             .iter()
             .zip(measured)
-            .map(|(job, measured)| {
+            .map(|(&(_, job), measured)| {
                 let (photo, measuring) = measured?;
                 let job_stats = match (&measuring.measured, &mut stats) {
                     (None, _) => None,
@@ -232,7 +262,7 @@ impl Editor {
             Ok((images, _)) => Ok(images.into_iter()),
             Err(error) => Err(error),
         };
-        for (i, layout) in layouts.into_iter().enumerate() {
+        for (&(i, _), layout) in indices.iter().zip(layouts) {
             let result = layout.and_then(|layout| {
                 let image = match &mut read {
                     Ok(images) => images
@@ -410,6 +440,15 @@ impl Editor {
             },
         })
     }
+}
+
+/// A job as [`Editor::finish_each`] takes it from [`Editor::segment`].
+struct Pending<'a> {
+    /// Its place in the batch.
+    index: usize,
+    job: &'a Job,
+    photo: Result<Image>,
+    mask: Option<Result<Image>>,
 }
 
 /// A job between the two stages of [`Editor::finish_each`].
