@@ -2,7 +2,8 @@
 //! (and so the device) and render them in batches, so concurrent requests share one model
 //! forward. The model thread collects a batch and runs [`Editor::segment`] (upload,
 //! preprocess, forward); the effects thread runs [`Editor::finish_each`] (refinement,
-//! placement, effects, compositing, readback) and replies to each job as it is done. So
+//! placement, effects, compositing, readback) and replies to each job as it is done (on a
+//! device, a batch's jobs pass those stages together and are done together). So
 //! batch k+1's forward overlaps batch k's effects, with at most one segmented batch waiting
 //! between them. The queue is bounded: a full queue is reported at once, never waited on.
 //! A panic while rendering a batch fails that batch's jobs (500) and the threads carry on
