@@ -151,7 +151,15 @@ fn cutout(args: &[String]) -> anyhow::Result<()> {
 /// binary (cargo's own last line is whichever binary ran last, often an empty doc-test run).
 fn test(extra: &[String]) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader};
-    let mut child = cargo_command()
+    let mut command = cargo_command();
+    // The test binaries open the device on threads of their own, where the CLI's
+    // `quiet_device_select_layer` cannot run: without this, Mesa's device-select layer
+    // prints `error: XDG_RUNTIME_DIR is invalid` into every test log, which reads as a
+    // failure.
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        command.env("NODEVICE_SELECT", "1");
+    }
+    let mut child = command
         .args(["test", "--workspace"])
         .args(extra)
         .stdout(std::process::Stdio::piped())

@@ -7,7 +7,10 @@ fn cutout() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cutout"));
     command
         .env("CUTOUT_DEVICE", "cpu")
-        .env("CUTOUT_MODELS", "/nonexistent");
+        .env("CUTOUT_MODELS", "/nonexistent")
+        // `cargo xtask test` quiets Mesa's device-select layer for the test processes; the
+        // CLI must quiet it on its own.
+        .env_remove("NODEVICE_SELECT");
     command
 }
 
