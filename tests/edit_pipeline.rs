@@ -268,17 +268,43 @@ fn watermark_is_the_documented_stripes_over_the_result() {
 /// backend: one submission for the batch's model input (burn's forward reads it), one for
 /// the masks, refinement and subject boxes with the boxes' readback, one for the effects
 /// with the results' readback. Before the batch's jobs passed each stage together it took
-/// three submissions and two readbacks per image.
+/// three submissions and two readbacks per image. With the model on the CPU, one more: the
+/// batch's input planes (once per batch, not per image).
 #[test]
 fn an_ecommerce_batch_submits_per_stage_not_per_operation() {
     use cutout_core::model::{self, Session};
-    use cutout_core::ops::ImageOps;
-    use cutout_core::remove::Remover;
 
     let spec = model::spec("u2netp").unwrap();
     let bytes = model::load_bytes(spec, false).unwrap();
-    let session = Session::from_onnx(spec, &bytes, &gpu().burn_device).unwrap();
-    assert!(session.shares_buffers(), "the model on burn's wgpu backend");
+    let on_wgpu = Session::from_onnx(spec, &bytes, &gpu().burn_device).unwrap();
+    assert!(on_wgpu.shares_buffers(), "the model on burn's wgpu backend");
+    let (submits, readbacks, bytes_back) = ecommerce_batch_of_4(on_wgpu);
+    // The model's input before burn's forward; the subjects' boxes (the layout needs them
+    // on the host); the results.
+    assert_eq!(submits, 3, "one per stage, not per image");
+    assert_eq!(readbacks, 2, "the boxes, then the results");
+    assert_eq!(
+        bytes_back,
+        4 * (24 + 400 * 400 * 4),
+        "each box's six counters and each result's pixels, nothing else"
+    );
+
+    // The model on burn's CPU backend with the operations on the device: one hand-off more,
+    // the batch's input planes read back at once (the masks go up without a submission).
+    let on_flex = Session::from_onnx(spec, &bytes, &burn::tensor::Device::flex()).unwrap();
+    assert!(!on_flex.shares_buffers());
+    let (submits, readbacks, bytes_back) = ecommerce_batch_of_4(on_flex);
+    assert_eq!(submits, 3, "the input's readback, the boxes', the results'");
+    assert_eq!(readbacks, 3, "the model input, the boxes, the results");
+    assert_eq!(bytes_back, 4 * (3 * 320 * 320 * 4 + 24 + 400 * 400 * 4));
+}
+
+/// Renders the e-commerce edit for a batch of 4 copies of a photo with `session` and every
+/// operation on the device: cutout's own submits, readbacks and bytes read back.
+fn ecommerce_batch_of_4(session: cutout_core::model::Session) -> (u64, u64, u64) {
+    use cutout_core::ops::ImageOps;
+    use cutout_core::remove::Remover;
+
     let remover = Remover::with_ops(ImageOps::with_host_ops(gpu(), false), session);
     let editor = Editor::new(remover);
     let photo = decode(
@@ -303,24 +329,19 @@ fn an_ecommerce_batch_submits_per_stage_not_per_operation() {
     for result in &results {
         assert_eq!(result.as_ref().unwrap().image.dimensions(), (400, 400));
     }
-    let (submits, readbacks) = (
+    let counts = (
         after.submits - before.submits,
         after.readbacks - before.readbacks,
+        after.bytes_read_back - before.bytes_read_back,
     );
     println!(
-        "batch of 4: {submits} submits, {readbacks} readbacks, {} bytes up, {} bytes back",
+        "batch of 4: {} submits, {} readbacks, {} bytes up, {} bytes back",
+        counts.0,
+        counts.1,
         after.bytes_uploaded - before.bytes_uploaded,
-        after.bytes_read_back - before.bytes_read_back
+        counts.2
     );
-    // The model's input before burn's forward; the subjects' boxes (the layout needs them
-    // on the host); the results.
-    assert_eq!(submits, 3, "one per stage, not per image");
-    assert_eq!(readbacks, 2, "the boxes, then the results");
-    assert_eq!(
-        after.bytes_read_back - before.bytes_read_back,
-        4 * (24 + 400 * 400 * 4),
-        "each box's six counters and each result's pixels, nothing else"
-    );
+    counts
 }
 
 /// An editor for u2netp on burn's wgpu backend, with the image operations on the host

@@ -105,17 +105,25 @@ impl Remover {
         let spec = self.session.spec;
         let size = spec.input_size as u32;
         let start = Instant::now();
-        let mut input = Vec::with_capacity(images.len() * 3 * (size * size) as usize);
-        for image in images {
-            if self.ops.on_host() {
+        let input = if self.ops.on_host() {
+            let mut input = Vec::with_capacity(images.len() * 3 * (size * size) as usize);
+            for image in images {
                 let small = cpu::resize(self.ops.host(image)?, size, size, Filter::Lanczos3);
                 input.extend(cpu::normalize(&small, spec.mean, spec.std));
-            } else {
-                let photo = self.ops.device(image)?;
-                let small = self.ops.resize(photo, size, size, Filter::Lanczos3)?;
-                input.extend(self.ops.normalize(&small, spec.mean, spec.std)?);
             }
-        }
+            input
+        } else {
+            // Hand-off to the model on the CPU: the batch's input planes, read back at once.
+            let small = images
+                .iter()
+                .map(|image| {
+                    let photo = self.ops.device(image)?;
+                    self.ops.resize(photo, size, size, Filter::Lanczos3)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let small: Vec<&_> = small.iter().collect();
+            self.ops.normalize_batch(&small, spec.mean, spec.std)?
+        };
         timings.add(Stage::Preprocess, start.elapsed());
 
         let start = Instant::now();

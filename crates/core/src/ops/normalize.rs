@@ -16,15 +16,35 @@ impl ImageOps {
     /// `shaders/normalize.wgsl`: the model's input planes (CHW f32) for one image, read back
     /// to the host (for a model on the CPU).
     pub fn normalize(&self, image: &GpuImage, mean: [f32; 3], std: [f32; 3]) -> Result<Vec<f32>> {
-        let size = image.pixel_count() as u64 * 3 * 4;
-        let planes = self.storage(size, "planes");
-        let target = BufferRange {
-            buffer: &planes,
-            offset: 0,
-            size,
-        };
-        self.normalize_into(image, mean, std, target)?;
-        let bytes = self.read_buffer(&planes, size)?;
+        self.normalize_batch(&[image], mean, std)
+    }
+
+    /// [`ImageOps::normalize`] for a batch (NCHW): every image's planes in one buffer, read
+    /// back to the host at once.
+    pub fn normalize_batch(
+        &self,
+        images: &[&GpuImage],
+        mean: [f32; 3],
+        std: [f32; 3],
+    ) -> Result<Vec<f32>> {
+        let sizes: Vec<u64> = images
+            .iter()
+            .map(|image| image.pixel_count() as u64 * 3 * 4)
+            .collect();
+        let total: u64 = sizes.iter().sum();
+        self.check_bytes(total)?;
+        let planes = self.storage(total, "planes");
+        let mut offset = 0;
+        for (image, &size) in images.iter().zip(&sizes) {
+            let target = BufferRange {
+                buffer: &planes,
+                offset,
+                size,
+            };
+            self.normalize_into(image, mean, std, target)?;
+            offset += size;
+        }
+        let bytes = self.read_buffer(&planes, total)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
