@@ -158,7 +158,7 @@ impl Editor {
         let Segmented {
             photos,
             masks,
-            mut recording,
+            recording,
             batch,
         } = segmented;
         let ops = self.ops();
@@ -180,7 +180,7 @@ impl Editor {
         // The host operations read the masks at once: what makes them runs first. On the
         // host nothing is gained by holding every job's images until the batch's end, so
         // each job passes the stages alone (less memory, warmer caches).
-        ops.submit_recording(std::mem::take(&mut recording));
+        ops.submit_recording(recording);
         for job in jobs {
             self.finish_together(vec![job], Recording::default(), batch, &mut done);
         }
@@ -215,11 +215,9 @@ impl Editor {
             .iter()
             .filter_map(|job| job.as_ref().ok()?.1.measured.as_ref())
             .collect();
-        let stats = ops.capturing(|| ops.read_stats(recording, &wanted));
-        let mut stats = match stats {
-            Ok((stats, _)) => Ok(stats.into_iter()),
-            Err(error) => Err(error),
-        };
+        let mut stats = ops
+            .capturing(|| ops.read_stats(recording, &wanted))
+            .map(|(stats, _)| stats.into_iter());
 
         let mut recording = Recording::default();
         let composed: Vec<Result<Composed>> = indices
@@ -258,10 +256,7 @@ impl Editor {
             }
             Err(_) => timings.add(Stage::Effects, started.elapsed()),
         }
-        let mut read = match read {
-            Ok((images, _)) => Ok(images.into_iter()),
-            Err(error) => Err(error),
-        };
+        let mut read = read.map(|(images, _)| images.into_iter());
         for (&(i, _), layout) in indices.iter().zip(layouts) {
             let result = layout.and_then(|layout| {
                 let image = match &mut read {

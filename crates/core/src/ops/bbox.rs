@@ -77,14 +77,7 @@ impl ImageOps {
             _pad: [0; 3],
         });
         let initial: [u32; 6] = [u32::MAX, u32::MAX, 0, 0, 0, 0];
-        let stats = wgpu::util::DeviceExt::create_buffer_init(
-            &self.gpu.device,
-            &wgpu::util::BufferInitDescriptor {
-                label: Some("mask stats"),
-                contents: bytemuck::cast_slice(&initial),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            },
-        );
+        let stats = self.storage_init(bytemuck::cast_slice(&initial), "mask stats");
         let mut encoder = self.encoder();
         self.dispatch(
             &mut encoder,

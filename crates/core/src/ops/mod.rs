@@ -272,6 +272,19 @@ impl ImageOps {
         })
     }
 
+    /// A storage buffer (as [`ImageOps::storage`]) holding `contents`.
+    fn storage_init(&self, contents: &[u8], label: &str) -> wgpu::Buffer {
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
     fn uniform<T: bytemuck::Pod>(&self, value: &T) -> wgpu::Buffer {
         self.gpu
             .device
@@ -453,10 +466,7 @@ impl ImageOps {
             // Nothing ran on the device, but a loss is still noticed at the batch it
             // happened in, so the caller can reopen the device before the next one.
             self.finish()?;
-            return Ok(ReadBack {
-                parts: parts.iter().map(|_| Vec::new()).collect(),
-                device_time: std::time::Duration::ZERO,
-            });
+            return Ok(ReadBack::nothing(parts.len()));
         }
         let mut encoder = self.encoder();
         let staging = (total > 0).then(|| {
@@ -479,10 +489,7 @@ impl ImageOps {
         let buffers = recording.buffers.into_iter().chain([encoder.finish()]);
         let submitted = self.gpu.queue.submit(buffers);
         let Some(staging) = staging else {
-            return Ok(ReadBack {
-                parts: parts.iter().map(|_| Vec::new()).collect(),
-                device_time: std::time::Duration::ZERO,
-            });
+            return Ok(ReadBack::nothing(parts.len()));
         };
         count(&self.counters.readbacks, 1);
         count(&self.counters.bytes_read_back, total);
@@ -531,6 +538,16 @@ pub struct Recording {
 struct ReadBack {
     parts: Vec<Vec<u8>>,
     device_time: std::time::Duration,
+}
+
+impl ReadBack {
+    /// `count` empty parts, where nothing was copied.
+    fn nothing(count: usize) -> Self {
+        Self {
+            parts: vec![Vec::new(); count],
+            device_time: std::time::Duration::ZERO,
+        }
+    }
 }
 
 /// Every WGSL file in `shaders/`, by name, built into the binary.

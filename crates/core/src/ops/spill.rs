@@ -38,22 +38,9 @@ impl ImageOps {
             mask_size: [mask.width, mask.height],
             photo_size: [photo.width, photo.height],
         });
-        let sums = wgpu::util::DeviceExt::create_buffer_init(
-            &self.gpu.device,
-            &wgpu::util::BufferInitDescriptor {
-                label: Some("spill sums"),
-                contents: &[0; 16],
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            },
-        );
-        let limiter = wgpu::util::DeviceExt::create_buffer_init(
-            &self.gpu.device,
-            &wgpu::util::BufferInitDescriptor {
-                label: Some("spill limiter"),
-                contents: &[0; LIMITER_BYTES as usize],
-                usage: wgpu::BufferUsages::STORAGE,
-            },
-        );
+        let sums = self.storage_init(&[0; 16], "spill sums");
+        // Written whole by `limiter_from_sums`.
+        let limiter = self.storage(LIMITER_BYTES, "spill limiter");
         // Each entry point binds only what it uses (the layouts are derived per entry).
         let mut encoder = self.encoder();
         self.dispatch(
@@ -81,14 +68,8 @@ impl ImageOps {
     /// the host.
     pub(super) fn known_spill(&self, key: Option<[f32; 3]>) -> Limiter {
         let (weights, direction) = key.map_or(([0.0; 4], [0.0; 4]), super::compose::spill_limiter);
-        let buffer = wgpu::util::DeviceExt::create_buffer_init(
-            &self.gpu.device,
-            &wgpu::util::BufferInitDescriptor {
-                label: Some("spill limiter"),
-                contents: bytemuck::cast_slice(&[weights, direction]),
-                usage: wgpu::BufferUsages::STORAGE,
-            },
-        );
+        let buffer =
+            self.storage_init(bytemuck::cast_slice(&[weights, direction]), "spill limiter");
         Limiter { buffer }
     }
 }
