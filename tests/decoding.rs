@@ -233,6 +233,72 @@ fn embedded_colour_profiles_are_converted_to_srgb() {
     }
 }
 
+/// Ink percentages of `decode/blocks-cmyk-icc.jpg` (`CMYK_INKS` in make_fixtures.py): 16×16
+/// blocks, four in a row, two rows.
+const CMYK_INKS: [[u8; 4]; 8] = [
+    [100, 0, 0, 0],
+    [0, 100, 0, 0],
+    [0, 0, 100, 0],
+    [0, 0, 0, 100],
+    [60, 40, 40, 100],
+    [30, 60, 0, 10],
+    [0, 35, 85, 5],
+    [15, 10, 10, 0],
+];
+
+/// CMYK JPEGs from print workflows are converted through their embedded press profile
+/// (ghostscript's `default_cmyk.icc`): each block matches littleCMS's conversion of the same
+/// inks (`blocks-cmyk-icc.srgb.png`, made by Pillow's ImageCms), whether the file stores the
+/// inks as CMYK (the committed fixture, written by libjpeg through Pillow) or as YCCK (what
+/// Photoshop writes; encoded here by jpeg-encoder with the same profile). Without the
+/// profile, cyan would come out as (0, 255, 255), far from the press's (0, 176, 240).
+#[test]
+fn cmyk_jpegs_are_converted_through_their_profile() {
+    let cmyk_jpeg = std::fs::read(fixture("decode/blocks-cmyk-icc.jpg")).unwrap();
+    let reference = image::open(fixture("decode/blocks-cmyk-icc.srgb.png"))
+        .unwrap()
+        .into_rgb8();
+    let icc = {
+        use image::ImageDecoder;
+        let mut jpeg =
+            image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(&cmyk_jpeg)).unwrap();
+        jpeg.icc_profile().unwrap().unwrap()
+    };
+    let inks: Vec<u8> = (0..32u32)
+        .flat_map(|y| (0..64u32).map(move |x| CMYK_INKS[(y / 16 * 4 + x / 16) as usize]))
+        .flat_map(|block| block.map(|percent| (percent as f64 * 2.55).round() as u8))
+        .collect();
+    let mut ycck_jpeg = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut ycck_jpeg, 100);
+    encoder.add_icc_profile(&icc).unwrap();
+    encoder
+        .encode(&inks, 64, 32, jpeg_encoder::ColorType::CmykAsYcck)
+        .unwrap();
+
+    for (flavour, bytes) in [("CMYK", &cmyk_jpeg), ("YCCK", &ycck_jpeg)] {
+        let decoded = decode(bytes, DecodeLimits::default()).unwrap();
+        assert_eq!(decoded.dimensions(), (64, 32), "{flavour}");
+        let mut worst = 0;
+        for (block, inks) in CMYK_INKS.iter().enumerate() {
+            let (x, y) = (block as u32 % 4 * 16 + 8, block as u32 / 4 * 16 + 8);
+            let want = reference.get_pixel(x, y).0;
+            let got = decoded.get_pixel(x, y).0;
+            let error = (0..3)
+                .map(|c| (got[c] as i32 - want[c] as i32).abs())
+                .max()
+                .unwrap();
+            println!("{flavour} {inks:?}: got {got:?}, littleCMS {want:?}");
+            worst = worst.max(error);
+            assert_eq!(got[3], 255, "{flavour}: opaque");
+        }
+        assert!(worst <= 2, "{flavour}: {worst} levels from littleCMS");
+    }
+    // The profile matters: the naive conversion, 255 × (1 − C) × (1 − K), gives (0, 255, 255)
+    // for cyan, 79 levels from the press's.
+    let cyan = reference.get_pixel(8, 8).0;
+    assert!(cyan[1] < 200 && cyan[0] < 10, "press cyan is {cyan:?}");
+}
+
 /// A profile that cannot be read is ignored (the pixels are taken as sRGB), as browsers do.
 #[test]
 fn an_unreadable_profile_is_ignored() {

@@ -1284,6 +1284,11 @@ fn fuzz_jpeg_decoder() {
         vec![
             ("chelsea.jpg", fixture_bytes("images/chelsea.jpg")),
             ("blocks-cmyk.jpg", fixture_bytes("decode/blocks-cmyk.jpg")),
+            // Mutations mostly land in its 184 KiB press profile: moxcms parses it.
+            (
+                "blocks-cmyk-icc.jpg",
+                fixture_bytes("decode/blocks-cmyk-icc.jpg"),
+            ),
             ("blocks-exif6.jpg", fixture_bytes("decode/blocks-exif6.jpg")),
             ("small.jpg", encoded(image::ImageFormat::Jpeg)),
         ],

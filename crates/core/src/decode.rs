@@ -1,12 +1,14 @@
 //! Decoding uploads into sRGB RGBA8: JPEG, PNG, WebP; EXIF orientation applied; grey,
 //! 16-bit, CMYK and alpha inputs converted; an embedded ICC profile (Display P3, Adobe RGB,
-//! ProPhoto, …) converted into sRGB, as browsers and the hosted APIs do, so colours survive.
+//! ProPhoto, a CMYK press profile, …) converted into sRGB, as browsers and the hosted APIs do,
+//! so colours survive.
 //! Sizes are checked from the header before any pixel is decoded, so a decompression bomb
 //! costs nothing. Everything downstream (model, effects, encoders) works in sRGB.
 
 use std::io::Cursor;
 
 use image::{ImageDecoder, ImageFormat, ImageReader, RgbaImage};
+use moxcms::{ColorProfile, DataColorSpace, Layout, TransformOptions};
 
 use crate::error::{Error, Result};
 
@@ -91,39 +93,55 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage> {
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let icc = decoder.icc_profile().ok().flatten();
-    let mut image = image::DynamicImage::from_decoder(decoder).map_err(|e| match e {
-        image::ImageError::Limits(l) => Error::TooLarge(l.to_string()),
-        other => Error::Decode(other.to_string()),
-    })?;
+    let profile = decoder
+        .icc_profile()
+        .ok()
+        .flatten()
+        .and_then(|icc| read_profile(&icc));
+    let inks = match &profile {
+        Some(profile)
+            if format == ImageFormat::Jpeg && profile.color_space == DataColorSpace::Cmyk =>
+        {
+            jpeg_inks(bytes)?
+        }
+        _ => None,
+    };
+    let image = match (inks, &profile) {
+        (Some(inks), Some(profile)) => {
+            drop(decoder);
+            cmyk_into_srgb(&inks, width, height, profile)?
+        }
+        _ => {
+            let image = image::DynamicImage::from_decoder(decoder).map_err(|e| match e {
+                image::ImageError::Limits(l) => Error::TooLarge(l.to_string()),
+                other => Error::Decode(other.to_string()),
+            })?;
+            let mut image = image.into_rgba8();
+            if let Some(profile) = profile.filter(|p| p.color_space == DataColorSpace::Rgb) {
+                rgb_into_srgb(&mut image, &profile);
+            }
+            image
+        }
+    };
+    let mut image = image::DynamicImage::ImageRgba8(image);
     image.apply_orientation(orientation);
-    let mut image = image.into_rgba8();
-    if let Some(icc) = icc {
-        into_srgb(&mut image, &icc);
-    }
-    Ok(image)
+    Ok(image.into_rgba8())
+}
+
+/// The embedded ICC profile, or `None` for one that cannot be read: browsers ignore such a
+/// profile and take the pixels as sRGB, and so does cutout.
+fn read_profile(icc: &[u8]) -> Option<ColorProfile> {
+    ColorProfile::new_from_slice(icc)
+        .inspect_err(|e| log::warn!("ignoring an unreadable ICC profile: {e}"))
+        .ok()
 }
 
 /// Converts `image` from the RGB colour space its ICC profile describes into sRGB (alpha
-/// untouched). A profile that cannot be read or used is ignored, as browsers ignore it:
-/// the pixels are taken as sRGB.
-fn into_srgb(image: &mut RgbaImage, icc: &[u8]) {
-    use moxcms::{ColorProfile, DataColorSpace, Layout, TransformOptions};
-    let profile = match ColorProfile::new_from_slice(icc) {
-        Ok(profile) if profile.color_space == DataColorSpace::Rgb => profile,
-        Ok(profile) => {
-            log::debug!("ignoring an ICC profile of {:?} data", profile.color_space);
-            return;
-        }
-        Err(e) => {
-            log::warn!("ignoring an unreadable ICC profile: {e}");
-            return;
-        }
-    };
-    let srgb = ColorProfile::new_srgb();
+/// untouched). A profile that cannot be used is ignored, as browsers ignore it.
+fn rgb_into_srgb(image: &mut RgbaImage, profile: &ColorProfile) {
     let transform = match profile.create_transform_8bit(
         Layout::Rgba,
-        &srgb,
+        &ColorProfile::new_srgb(),
         Layout::Rgba,
         TransformOptions::default(),
     ) {
@@ -138,6 +156,78 @@ fn into_srgb(image: &mut RgbaImage, icc: &[u8]) {
         log::warn!("ignoring an ICC profile whose transform failed: {e}");
         image.copy_from_slice(&source);
     }
+}
+
+/// The ink amounts of a four-channel JPEG (CMYK, or YCCK as Photoshop saves CMYK), C, M, Y, K
+/// per pixel with 255 for full ink; `None` for a JPEG of another colour space.
+///
+/// The `image` crate turns CMYK into RGB with a naive formula before a profile can be
+/// applied, so the raw samples are taken from zune-jpeg, the decoder `image` itself uses.
+/// Samples are stored inverted (Adobe's convention, which Photoshop and libjpeg-based
+/// writers follow). YCCK holds the inverted C, M, Y as YCbCr and K as is; decoded to RGB
+/// (JFIF's full-range equations, as libjpeg does), its R, G, B are the C, M, Y inks.
+fn jpeg_inks(bytes: &[u8]) -> Result<Option<Vec<u8>>> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_jpeg::JpegDecoder;
+    let decode_error = |e: zune_jpeg::errors::DecodeErrors| Error::Decode(e.to_string());
+    let mut decoder = JpegDecoder::new(ZCursor::new(bytes));
+    decoder.decode_headers().map_err(decode_error)?;
+    let stored = match decoder.input_colorspace() {
+        Some(stored @ (ColorSpace::CMYK | ColorSpace::YCCK)) => stored,
+        _ => return Ok(None),
+    };
+    // Same colour space in and out: the decoder copies the samples without converting them.
+    decoder.set_options(decoder.options().jpeg_set_out_colorspace(stored));
+    let mut samples = decoder.decode().map_err(decode_error)?;
+    for pixel in samples.as_chunks_mut::<4>().0 {
+        if stored == ColorSpace::YCCK {
+            let [y, cb, cr, _] = pixel.map(f32::from);
+            let (cb, cr) = (cb - 128.0, cr - 128.0);
+            pixel[0] = (y + 1.402 * cr).round().clamp(0.0, 255.0) as u8;
+            pixel[1] = (y - 0.344_136 * cb - 0.714_136 * cr)
+                .round()
+                .clamp(0.0, 255.0) as u8;
+            pixel[2] = (y + 1.772 * cb).round().clamp(0.0, 255.0) as u8;
+        } else {
+            for ink in &mut pixel[..3] {
+                *ink = 255 - *ink;
+            }
+        }
+        pixel[3] = 255 - pixel[3];
+    }
+    Ok(Some(samples))
+}
+
+/// CMYK inks (255 = full ink) through their profile into opaque sRGB.
+fn cmyk_into_srgb(
+    inks: &[u8],
+    width: u32,
+    height: u32,
+    profile: &ColorProfile,
+) -> Result<RgbaImage> {
+    let transform = profile
+        .create_transform_8bit(
+            Layout::Rgba,
+            &ColorProfile::new_srgb(),
+            Layout::Rgb,
+            TransformOptions::default(),
+        )
+        .map_err(|e| {
+            Error::Decode(format!(
+                "the JPEG's CMYK colour profile cannot be applied: {e}"
+            ))
+        })?;
+    let mut rgb = vec![0; inks.len() / 4 * 3];
+    transform
+        .transform(inks, &mut rgb)
+        .map_err(|e| Error::Decode(format!("the JPEG's CMYK colour profile failed: {e}")))?;
+    let rgba = rgb
+        .chunks_exact(3)
+        .flat_map(|p| [p[0], p[1], p[2], 255])
+        .collect();
+    RgbaImage::from_raw(width, height, rgba)
+        .ok_or_else(|| Error::Decode("the CMYK JPEG's size differs from its header".into()))
 }
 
 /// Whether the JPEG's compressed data is followed by its end-of-image marker. The decoder
