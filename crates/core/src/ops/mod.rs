@@ -872,6 +872,115 @@ pub(super) mod tests {
         );
     }
 
+    /// A struct a shader reads or writes through a storage buffer: each member's name,
+    /// offset and size, and the struct's size, as naga lays it out.
+    #[derive(PartialEq, Debug)]
+    struct StorageStruct {
+        members: Vec<(String, u32, u32)>,
+        span: u32,
+    }
+
+    /// The storage structs of a shader, by type name.
+    fn storage_structs(module: &naga::Module) -> Vec<(String, StorageStruct)> {
+        module
+            .global_variables
+            .iter()
+            .filter(|(_, g)| matches!(g.space, naga::AddressSpace::Storage { .. }))
+            .filter_map(|(_, g)| {
+                let ty = &module.types[g.ty];
+                let naga::TypeInner::Struct { members, span } = &ty.inner else {
+                    return None;
+                };
+                let members = members
+                    .iter()
+                    .map(|m| {
+                        let size = module.types[m.ty].inner.size(module.to_ctx());
+                        (m.name.clone().unwrap_or_default(), m.offset, size)
+                    })
+                    .collect();
+                let name = ty.name.clone().unwrap_or_default();
+                Some((
+                    name,
+                    StorageStruct {
+                        members,
+                        span: *span,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Where two shaders declare a storage struct of one name differently (WGSL has no
+    /// include, so a struct shared through a buffer is written out in each), one line each.
+    fn shared_struct_differences(shaders: &[(&str, naga::Module)]) -> Vec<String> {
+        let mut first_seen: Vec<(String, &str, StorageStruct)> = Vec::new();
+        let mut differences = Vec::new();
+        for (file, module) in shaders {
+            for (name, layout) in storage_structs(module) {
+                match first_seen.iter().find(|(seen, ..)| *seen == name) {
+                    Some((_, other, seen)) if *seen != layout => differences.push(format!(
+                        "struct {name}: {other}.wgsl has {seen:?}, {file}.wgsl has {layout:?}"
+                    )),
+                    Some(_) => {}
+                    None => first_seen.push((name, file, layout)),
+                }
+            }
+        }
+        differences
+    }
+
+    /// Storage structs that several shaders share (the spill `Limiter`: written by
+    /// spill.wgsl, read by compose.wgsl) agree member by member, and the buffers the host
+    /// allocates for them are the shaders' size.
+    #[test]
+    fn shared_storage_structs_agree() {
+        let shaders: Vec<(&str, naga::Module)> = SHADERS
+            .iter()
+            .map(|(file, _)| (*file, module(file)))
+            .collect();
+        let differences = shared_struct_differences(&shaders);
+        assert!(differences.is_empty(), "{}", differences.join("\n"));
+        let host_sizes = [
+            ("Limiter", super::spill::LIMITER_BYTES),
+            ("Sums", super::spill::SUMS_BYTES as u64),
+            ("Stats", super::bbox::STATS_BYTES),
+        ];
+        let mut checked = 0;
+        for (file, module) in &shaders {
+            for (name, layout) in storage_structs(module) {
+                let (_, bytes) = host_sizes
+                    .iter()
+                    .find(|(host, _)| *host == name)
+                    .unwrap_or_else(|| panic!("{file}.wgsl: struct {name} has no host size"));
+                assert_eq!(u64::from(layout.span), *bytes, "{file}.wgsl: struct {name}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 4, "Limiter twice, Sums and Stats once");
+    }
+
+    /// A shader whose copy of a shared struct went stale is named, with both layouts.
+    #[test]
+    fn a_stale_shared_struct_is_named() {
+        let (_, spill) = SHADERS.iter().find(|(name, _)| *name == "spill").unwrap();
+        let swapped = spill.replace(
+            "weights: vec4<f32>,\n    direction: vec4<f32>,",
+            "direction: vec4<f32>,\n    weights: vec4<f32>,",
+        );
+        assert_ne!(&swapped, spill, "the test must change the struct");
+        let stale = naga::front::wgsl::parse_str(&swapped).unwrap();
+        let found = shared_struct_differences(&[("compose", module("compose")), ("spill", stale)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("struct Limiter: compose.wgsl has")
+                && found[0].contains("(\"weights\", 0, 16)")
+                && found[0]
+                    .contains("spill.wgsl has StorageStruct { members: [(\"direction\", 0, 16)"),
+            "{}",
+            found[0]
+        );
+    }
+
     /// Bindings are looked up by the shader's own variable names; a name the shader does
     /// not have is a typed error naming the file and the variable.
     #[test]

@@ -27,7 +27,10 @@ pub struct Limiter {
 }
 
 /// The size of the `Limiter` struct of `spill.wgsl` and `compose.wgsl`: two `vec4<f32>`.
-const LIMITER_BYTES: u64 = 32;
+pub(super) const LIMITER_BYTES: u64 = 32;
+
+/// The size of `spill.wgsl`'s `Sums`: four `u32`s.
+pub(super) const SUMS_BYTES: usize = 16;
 
 impl ImageOps {
     /// `shaders/spill.wgsl`: the limiter for the photo's background colour where the
@@ -38,7 +41,7 @@ impl ImageOps {
             mask_size: [mask.width, mask.height],
             photo_size: [photo.width, photo.height],
         });
-        let sums = self.storage_init(&[0; 16], "spill sums");
+        let sums = self.storage_init(&[0; SUMS_BYTES], "spill sums");
         // Written whole by `limiter_from_sums`.
         let limiter = self.storage(LIMITER_BYTES, "spill limiter");
         // Each entry point binds only what it uses (the layouts are derived per entry).
