@@ -1,13 +1,15 @@
 //! U²-Net's and IS-Net's convolution shapes on the CPU: burn flex's im2col + gemm convolution (the
 //! baseline) against cutout's kernels (`model::cpu_conv`: Winograd where it pays, and the
-//! direct kernel alone), in the same process.
+//! direct kernel alone), in the same process; and BiRefNet's deformable convolutions, flex's
+//! against cutout's (`model::cpu_deform`).
 //! Throughput is in FLOP (2 per multiply-add).
 
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::{conv2d, deform_conv2d};
+use burn::tensor::ops::{ConvOptions, DeformConvOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use cutout_core::model::cpu_conv::{PackedConv, Planes};
+use cutout_core::model::cpu_deform::PackedDeformConv;
 
 fn values(len: usize) -> Vec<f32> {
     (0..len)
@@ -74,5 +76,60 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(conv, benches);
+/// BiRefNet's ASPP deformable convolutions at 1024² input (64 inputs, 256 planes, one
+/// offset group, offsets of a few pixels): flex's `deform_conv2d` against cutout's kernel
+/// (`model::cpu_deform`), same inputs.
+fn deformable(c: &mut Criterion) {
+    cutout_benches::setup();
+    let device = Device::flex();
+    let mut group = c.benchmark_group("deformable conv (CPU)");
+    group.sample_size(10);
+    let (cin, cout) = (64, 256);
+    for (size, side) in [(3, 64), (7, 64), (3, 128), (7, 128)] {
+        let taps = size * size;
+        let flops = 2 * cin * cout * taps * side * side;
+        group.throughput(Throughput::Elements(flops as u64));
+        let input = values(cin * side * side);
+        let weight = values(cout * cin * taps);
+        let bias = values(cout);
+        let offset: Vec<f32> = values(2 * taps * side * side)
+            .iter()
+            .map(|v| v * 3.0)
+            .collect();
+        let mask: Vec<f32> = values(taps * side * side).iter().map(|v| v + 1.0).collect();
+        let name = format!("{cin}->{cout} {size}x{size} at {side}x{side}");
+        let tensor = |data: &[f32], shape: [usize; 4]| {
+            Tensor::<4>::from_data(TensorData::new(data.to_vec(), shape), &device)
+        };
+        let (x, o, w, m) = (
+            tensor(&input, [1, cin, side, side]),
+            tensor(&offset, [1, 2 * taps, side, side]),
+            tensor(&weight, [cout, cin, size, size]),
+            tensor(&mask, [1, taps, side, side]),
+        );
+        let b = Tensor::<1>::from_data(TensorData::new(bias.clone(), [cout]), &device);
+        let pad = size / 2;
+        let options = DeformConvOptions::new([1, 1], [pad, pad], [1, 1], 1, 1);
+        group.bench_function(format!("{name}: flex"), |bench| {
+            bench.iter(|| {
+                deform_conv2d(
+                    x.clone(),
+                    o.clone(),
+                    w.clone(),
+                    Some(m.clone()),
+                    Some(b.clone()),
+                    options.clone(),
+                )
+                .into_data()
+            })
+        });
+        let packed = PackedDeformConv::new(&weight, [cout, cin, size, size], &bias);
+        group.bench_function(format!("{name}: cutout"), |bench| {
+            bench.iter(|| packed.forward(&input, &offset, &mask, 1, [side, side]))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(conv, benches, deformable);
 criterion_main!(conv);

@@ -25,9 +25,11 @@ use burn::tensor::ops::{ConvOptions, DeformConvOptions, InterpolateMode, Interpo
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::Network;
+use super::cpu_deform::PackedDeformConv;
 use super::onnx::ConvWeights;
 use super::rsu::{Conv, MAX_BINDING_BYTES};
 use super::state_dict::StateDict;
+use crate::backend::{flex_values, from_flex_values};
 use crate::error::{Result, TensorProblem};
 
 const BATCH_NORM_EPS: f32 = 1e-5;
@@ -1046,6 +1048,8 @@ struct DeformableConv {
     modulator: Conv,
     weight: Tensor<4>,
     bias: Tensor<1>,
+    /// Set on burn's flex backend, where cutout's kernel replaces flex's.
+    cpu: Option<PackedDeformConv>,
 }
 
 impl DeformableConv {
@@ -1080,9 +1084,13 @@ impl DeformableConv {
             planes,
             false,
         )?;
+        let cpu = loader
+            .on_flex
+            .then(|| PackedDeformConv::new(&sampled.weight, sampled.shape, &sampled.bias));
         Ok(Self {
             offset,
             modulator,
+            cpu,
             weight: Tensor::from_data(
                 TensorData::new(sampled.weight, sampled.shape),
                 loader.device,
@@ -1095,6 +1103,18 @@ impl DeformableConv {
         let kernel = self.weight.dims()[2];
         let offset = self.offset.forward(vec![x.clone()], false);
         let mask = sigmoid(self.modulator.forward(vec![x.clone()], false)) * 2.0;
+        if let Some(cpu) = &self.cpu {
+            let [batch, _, h, w] = x.dims();
+            let (x, offset, mask) = (flex_values(x), flex_values(offset), flex_values(mask));
+            let out = cpu.forward(
+                x.as_slice(),
+                offset.as_slice(),
+                mask.as_slice(),
+                batch,
+                [h, w],
+            );
+            return from_flex_values(out, [batch, cpu.out_channels(), h, w]);
+        }
         let pad = kernel / 2;
         let options = DeformConvOptions::new([1, 1], [pad, pad], [1, 1], 1, 1);
         let bias = Some(self.bias.clone());

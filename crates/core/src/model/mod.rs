@@ -2,6 +2,7 @@
 
 pub mod birefnet;
 pub mod cpu_conv;
+pub mod cpu_deform;
 pub mod cpu_resample;
 pub mod download;
 pub mod isnet;
