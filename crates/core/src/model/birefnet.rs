@@ -25,6 +25,7 @@ use burn::tensor::ops::{ConvOptions, DeformConvOptions, InterpolateMode, Interpo
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::Network;
+use super::cpu_conv::PackedLinear;
 use super::cpu_deform::PackedDeformConv;
 use super::onnx::ConvWeights;
 use super::rsu::{Conv, MAX_BINDING_BYTES};
@@ -439,7 +440,7 @@ impl SwinBlock {
         let run = (max_bytes / (batch * hidden * size_of::<f32>())).clamp(1, length);
         let mlp = |x: Tensor<3>| {
             self.fc2
-                .forward(gelu(self.fc1.forward(self.norm2.forward(x))))
+                .forward(self.fc1.forward_then(self.norm2.forward(x), true))
         };
         if run >= length {
             return mlp(x);
@@ -674,6 +675,8 @@ struct Linear {
     /// `[in, out]`: PyTorch's `[out, in]` transposed once at load.
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
+    /// Set on burn's flex backend, where cutout's kernel replaces flex's matmul.
+    cpu: Option<PackedLinear>,
 }
 
 impl Linear {
@@ -684,15 +687,20 @@ impl Linear {
         out_width: usize,
         with_bias: bool,
     ) -> Result<Self> {
-        let weight: Tensor<2> =
-            loader.tensor(&format!("{prefix}.weight"), [out_width, in_width])?;
+        let shape = [out_width, in_width];
+        let weight = loader.state.take(&format!("{prefix}.weight"), &shape)?;
         let bias = match with_bias {
-            true => Some(loader.tensor(&format!("{prefix}.bias"), [out_width])?),
+            true => Some(loader.state.take(&format!("{prefix}.bias"), &[out_width])?),
             false => None,
         };
+        let cpu = loader
+            .on_flex
+            .then(|| PackedLinear::new(&weight, shape, bias.as_deref()));
+        let device = loader.device;
         Ok(Self {
-            weight: weight.transpose(),
-            bias,
+            weight: Tensor::<2>::from_data(TensorData::new(weight, shape), device).transpose(),
+            bias: bias.map(|b| Tensor::from_data(TensorData::new(b, [out_width]), device)),
+            cpu,
         })
     }
 
@@ -701,7 +709,21 @@ impl Linear {
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_then(x, false)
+    }
+
+    /// The layer, then GELU if `with_gelu` (applied as the output is stored on flex).
+    fn forward_then(&self, x: Tensor<3>, with_gelu: bool) -> Tensor<3> {
         let [batch, length, channels] = x.dims();
+        if let Some(cpu) = &self.cpu {
+            let x = flex_values(x.reshape([1, 1, batch * length, channels]));
+            let y = cpu.forward(x.as_slice(), with_gelu);
+            return from_flex_values(y, [1, 1, batch * length, self.out_width()]).reshape([
+                batch,
+                length,
+                self.out_width(),
+            ]);
+        }
         let y = x
             .reshape([batch * length, channels])
             .matmul(self.weight.clone());
@@ -709,7 +731,8 @@ impl Linear {
             Some(bias) => y + bias.clone().unsqueeze::<2>(),
             None => y,
         };
-        y.reshape([batch, length, self.out_width()])
+        let y = y.reshape([batch, length, self.out_width()]);
+        if with_gelu { gelu(y) } else { y }
     }
 }
 

@@ -9,7 +9,10 @@
 //! applied as the tile is stored, and inputs given in pieces (a decoder's upsampled features
 //! and its skip) are concatenated while padding, so neither costs a pass of its own.
 
+mod linear;
 mod winograd;
+
+pub use linear::{PackedLinear, gelu};
 
 use std::mem::MaybeUninit;
 
