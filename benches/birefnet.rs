@@ -11,6 +11,7 @@ use cutout_core::model::birefnet::BiRefNet;
 use cutout_core::model::state_dict::StateDict;
 
 fn forward(c: &mut Criterion) {
+    cutout_benches::setup();
     let Some(dir) = std::env::var_os("CUTOUT_BIREFNET_FULL").map(std::path::PathBuf::from) else {
         eprintln!("CUTOUT_BIREFNET_FULL is not set: nothing to measure");
         return;

@@ -19,6 +19,7 @@ use cutout_core::model::state_dict::StateDict;
 const SIDE: usize = 1024;
 
 fn main() {
+    cutout_benches::setup();
     let gpu = Gpu::new(DevicePreference::Auto).expect("a wgpu adapter");
     let device = gpu.burn_device.clone();
     println!("adapter: {} ({:?})", gpu.info.name, gpu.info.device_type);
