@@ -25,6 +25,7 @@ use burn::tensor::ops::{ConvOptions, DeformConvOptions, InterpolateMode, Interpo
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::Network;
+use super::cpu_attention::{MASKED, Windows, window_attention};
 use super::cpu_conv::PackedLinear;
 use super::cpu_deform::PackedDeformConv;
 use super::onnx::ConvWeights;
@@ -35,9 +36,6 @@ use crate::error::{Result, TensorProblem};
 
 const BATCH_NORM_EPS: f32 = 1e-5;
 const LAYER_NORM_EPS: f32 = 1e-5;
-/// Stands in for −∞ in the shifted-window mask: exp() of it is exactly 0, as of −∞, and it
-/// cannot turn a softmax into NaN on any backend.
-const MASKED: f32 = -1e9;
 
 /// State-dict entries upstream's model has but does not run at inference.
 fn unused_at_inference(name: &str) -> bool {
@@ -308,7 +306,12 @@ impl SwinStage {
     fn forward(&self, mut x: Tensor<3>, size: [usize; 2]) -> (Tensor<3>, Tensor<3>) {
         let padded = size.map(|s| s.next_multiple_of(self.window));
         let shift = self.window / 2;
-        let mask = (self.blocks.len() > 1)
+        // cutout's kernel on flex masks by indexing.
+        let on_cpu = self
+            .blocks
+            .iter()
+            .all(|b| matches!(b.attention.qkv.weights, LinearImpl::Packed(_)));
+        let mask = (self.blocks.len() > 1 && !on_cpu)
             .then(|| shifted_window_mask(padded, self.window, shift, &x.device()));
         for block in &self.blocks {
             let mask = (block.shift > 0).then_some(mask.as_ref()).flatten();
@@ -393,16 +396,32 @@ impl SwinBlock {
         })
     }
 
-    fn forward(&self, x: Tensor<3>, [h, w]: [usize; 2], mask: Option<&Tensor<3>>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, size: [usize; 2], mask: Option<&Tensor<3>>) -> Tensor<3> {
+        let shortcut = x.clone();
+        let normed = self.norm1.forward(x);
+        let attended = match &self.attention.qkv.weights {
+            LinearImpl::Packed(qkv) => {
+                self.attention
+                    .forward_on_cpu(qkv, normed, size, self.window, self.shift)
+            }
+            LinearImpl::Burn { .. } => self.attention_in_windows(normed, size, mask),
+        };
+        let x = shortcut + attended;
+        x.clone() + self.mlp(x, MAX_BINDING_BYTES)
+    }
+
+    /// The attention of `x` (`[B, L, C]`, normalised) as upstream computes it: padded, rolled
+    /// and cut into windows, attended, and put back.
+    fn attention_in_windows(
+        &self,
+        x: Tensor<3>,
+        [h, w]: [usize; 2],
+        mask: Option<&Tensor<3>>,
+    ) -> Tensor<3> {
         let [batch, length, channels] = x.dims();
         let window = self.window;
         let [hp, wp] = [h.next_multiple_of(window), w.next_multiple_of(window)];
-        let shortcut = x.clone();
-
-        let mut grid = pad_tokens(
-            self.norm1.forward(x).reshape([batch, h, w, channels]),
-            [hp, wp],
-        );
+        let mut grid = pad_tokens(x.reshape([batch, h, w, channels]), [hp, wp]);
         let shift = self.shift as i64;
         if shift > 0 {
             grid = grid.roll(&[-shift, -shift], &[1, 2]);
@@ -428,15 +447,14 @@ impl SwinBlock {
         if (hp, wp) != (h, w) {
             grid = grid.slice([0..batch, 0..h, 0..w, 0..channels]);
         }
-        let x = shortcut + grid.reshape([batch, length, channels]);
-        x.clone() + self.mlp(x, MAX_BINDING_BYTES)
+        grid.reshape([batch, length, channels])
     }
 
     /// LayerNorm and the MLP, per token: in runs of tokens whose hidden activations take at
     /// most `max_bytes` (Swin-L's first stage at 1024²: 214 MB at once).
     fn mlp(&self, x: Tensor<3>, max_bytes: usize) -> Tensor<3> {
         let [batch, length, channels] = x.dims();
-        let hidden = self.fc1.out_width();
+        let hidden = self.fc1.out_width;
         let run = (max_bytes / (batch * hidden * size_of::<f32>())).clamp(1, length);
         let mlp = |x: Tensor<3>| {
             self.fc2
@@ -538,6 +556,34 @@ impl WindowAttention {
         Tensor::cat(runs, 0)
     }
 
+    /// On flex: the attention of `x` (`[B, L, C]` in image order) through cutout's kernel
+    /// (`cpu_attention`), which makes the windows, shift and padding by indexing: the same
+    /// result as [`SwinBlock::attention_in_windows`] without its copies.
+    fn forward_on_cpu(
+        &self,
+        qkv: &PackedLinear,
+        x: Tensor<3>,
+        size: [usize; 2],
+        window: usize,
+        shift: usize,
+    ) -> Tensor<3> {
+        let [batch, length, channels] = x.dims();
+        let x = flex_values(x.reshape([1, 1, batch * length, channels]));
+        let rows = qkv.forward(x.as_slice(), false);
+        let bias = flex_values(self.position_bias.clone());
+        let windows = Windows {
+            batch,
+            size,
+            window,
+            shift,
+            heads: self.heads,
+            channels,
+        };
+        let out = window_attention(&rows, qkv.bias(), bias.as_slice(), windows);
+        let out = from_flex_values(out, [1, 1, batch * length, channels]);
+        self.proj.forward(out.reshape([batch, length, channels]))
+    }
+
     /// [`WindowAttention::forward`] on windows that fit at once.
     fn attend(&self, x: Tensor<3>, batch: usize, mask: Option<&Tensor<3>>) -> Tensor<3> {
         let [windows, tokens, channels] = x.dims();
@@ -608,7 +654,7 @@ impl PatchMerging {
     }
 
     fn out_width(&self) -> usize {
-        self.reduction.out_width()
+        self.reduction.out_width
     }
 
     fn forward(&self, x: Tensor<3>, [h, w]: [usize; 2]) -> Tensor<3> {
@@ -672,11 +718,24 @@ impl LayerNorm {
 
 #[derive(Debug)]
 struct Linear {
-    /// `[in, out]`: PyTorch's `[out, in]` transposed once at load.
-    weight: Tensor<2>,
-    bias: Option<Tensor<1>>,
-    /// Set on burn's flex backend, where cutout's kernel replaces flex's matmul.
-    cpu: Option<PackedLinear>,
+    in_width: usize,
+    out_width: usize,
+    weights: LinearImpl,
+}
+
+/// A linear layer's weights in the one form its device runs (both would double the
+/// model's memory).
+// One per layer: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum LinearImpl {
+    /// `weight` is `[in, out]`: PyTorch's `[out, in]` transposed once at load.
+    Burn {
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+    },
+    /// On burn's flex backend, cutout's kernel replaces flex's matmul.
+    Packed(PackedLinear),
 }
 
 impl Linear {
@@ -693,19 +752,19 @@ impl Linear {
             true => Some(loader.state.take(&format!("{prefix}.bias"), &[out_width])?),
             false => None,
         };
-        let cpu = loader
-            .on_flex
-            .then(|| PackedLinear::new(&weight, shape, bias.as_deref()));
         let device = loader.device;
+        let weights = match loader.on_flex {
+            true => LinearImpl::Packed(PackedLinear::new(&weight, shape, bias.as_deref())),
+            false => LinearImpl::Burn {
+                weight: Tensor::<2>::from_data(TensorData::new(weight, shape), device).transpose(),
+                bias: bias.map(|b| Tensor::from_data(TensorData::new(b, [out_width]), device)),
+            },
+        };
         Ok(Self {
-            weight: Tensor::<2>::from_data(TensorData::new(weight, shape), device).transpose(),
-            bias: bias.map(|b| Tensor::from_data(TensorData::new(b, [out_width]), device)),
-            cpu,
+            in_width,
+            out_width,
+            weights,
         })
-    }
-
-    fn out_width(&self) -> usize {
-        self.weight.dims()[1]
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
@@ -715,23 +774,24 @@ impl Linear {
     /// The layer, then GELU if `with_gelu` (applied as the output is stored on flex).
     fn forward_then(&self, x: Tensor<3>, with_gelu: bool) -> Tensor<3> {
         let [batch, length, channels] = x.dims();
-        if let Some(cpu) = &self.cpu {
-            let x = flex_values(x.reshape([1, 1, batch * length, channels]));
-            let y = cpu.forward(x.as_slice(), with_gelu);
-            return from_flex_values(y, [1, 1, batch * length, self.out_width()]).reshape([
-                batch,
-                length,
-                self.out_width(),
-            ]);
-        }
-        let y = x
-            .reshape([batch * length, channels])
-            .matmul(self.weight.clone());
-        let y = match &self.bias {
-            Some(bias) => y + bias.clone().unsqueeze::<2>(),
-            None => y,
+        debug_assert_eq!(channels, self.in_width);
+        let out = self.out_width;
+        let y = match &self.weights {
+            LinearImpl::Packed(cpu) => {
+                let x = flex_values(x.reshape([1, 1, batch * length, channels]));
+                let y = cpu.forward(x.as_slice(), with_gelu);
+                return from_flex_values(y, [1, 1, batch * length, out])
+                    .reshape([batch, length, out]);
+            }
+            LinearImpl::Burn { weight, bias } => {
+                let y = x.reshape([batch * length, channels]).matmul(weight.clone());
+                match bias {
+                    Some(bias) => y + bias.clone().unsqueeze::<2>(),
+                    None => y,
+                }
+            }
         };
-        let y = y.reshape([batch, length, self.out_width()]);
+        let y = y.reshape([batch, length, out]);
         if with_gelu { gelu(y) } else { y }
     }
 }
@@ -1069,10 +1129,21 @@ impl AsppDeformable {
 struct DeformableConv {
     offset: Conv,
     modulator: Conv,
-    weight: Tensor<4>,
-    bias: Tensor<1>,
-    /// Set on burn's flex backend, where cutout's kernel replaces flex's.
-    cpu: Option<PackedDeformConv>,
+    kernel: usize,
+    sampled: DeformImpl,
+}
+
+/// The sampled convolution's weights in the one form its device runs.
+// One per layer: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum DeformImpl {
+    Burn {
+        weight: Tensor<4>,
+        bias: Tensor<1>,
+    },
+    /// On burn's flex backend, cutout's kernel replaces flex's.
+    Packed(PackedDeformConv),
 }
 
 impl DeformableConv {
@@ -1107,49 +1178,58 @@ impl DeformableConv {
             planes,
             false,
         )?;
-        let cpu = loader
-            .on_flex
-            .then(|| PackedDeformConv::new(&sampled.weight, sampled.shape, &sampled.bias));
+        let sampled = match loader.on_flex {
+            true => DeformImpl::Packed(PackedDeformConv::new(
+                &sampled.weight,
+                sampled.shape,
+                &sampled.bias,
+            )),
+            false => DeformImpl::Burn {
+                weight: Tensor::from_data(
+                    TensorData::new(sampled.weight, sampled.shape),
+                    loader.device,
+                ),
+                bias: Tensor::from_data(TensorData::new(sampled.bias, [planes]), loader.device),
+            },
+        };
         Ok(Self {
             offset,
             modulator,
-            cpu,
-            weight: Tensor::from_data(
-                TensorData::new(sampled.weight, sampled.shape),
-                loader.device,
-            ),
-            bias: Tensor::from_data(TensorData::new(sampled.bias, [planes]), loader.device),
+            kernel,
+            sampled,
         })
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let kernel = self.weight.dims()[2];
         let offset = self.offset.forward(vec![x.clone()], false);
         let mask = sigmoid(self.modulator.forward(vec![x.clone()], false)) * 2.0;
-        if let Some(cpu) = &self.cpu {
-            let [batch, _, h, w] = x.dims();
-            let (x, offset, mask) = (flex_values(x), flex_values(offset), flex_values(mask));
-            let out = cpu.forward(
-                x.as_slice(),
-                offset.as_slice(),
-                mask.as_slice(),
-                batch,
-                [h, w],
-            );
-            return from_flex_values(out, [batch, cpu.out_channels(), h, w]);
+        match &self.sampled {
+            DeformImpl::Packed(cpu) => {
+                let [batch, _, h, w] = x.dims();
+                let (x, offset, mask) = (flex_values(x), flex_values(offset), flex_values(mask));
+                let out = cpu.forward(
+                    x.as_slice(),
+                    offset.as_slice(),
+                    mask.as_slice(),
+                    batch,
+                    [h, w],
+                );
+                from_flex_values(out, [batch, cpu.out_channels(), h, w])
+            }
+            DeformImpl::Burn { weight, bias } => {
+                let pad = self.kernel / 2;
+                let options = DeformConvOptions::new([1, 1], [pad, pad], [1, 1], 1, 1);
+                deform_conv2d_in_slices(
+                    x,
+                    offset,
+                    weight.clone(),
+                    mask,
+                    Some(bias.clone()),
+                    options,
+                    MAX_BINDING_BYTES,
+                )
+            }
         }
-        let pad = kernel / 2;
-        let options = DeformConvOptions::new([1, 1], [pad, pad], [1, 1], 1, 1);
-        let bias = Some(self.bias.clone());
-        deform_conv2d_in_slices(
-            x,
-            offset,
-            self.weight.clone(),
-            mask,
-            bias,
-            options,
-            MAX_BINDING_BYTES,
-        )
     }
 }
 
@@ -1366,7 +1446,7 @@ mod tests {
         let stage = &model.backbone.stages[0];
         let block = &stage.blocks[1];
         let (window, batch, side) = (stage.window, 2, 14);
-        let channels = block.fc1.weight.dims()[0];
+        let channels = block.fc1.in_width;
         let tokens = window * window;
         let per_image = (side / window) * (side / window);
         let mask = shifted_window_mask([side, side], window, block.shift, &device);
@@ -1395,7 +1475,7 @@ mod tests {
             Distribution::Uniform(-2.0, 2.0),
             &device,
         );
-        let hidden = block.fc1.out_width();
+        let hidden = block.fc1.out_width;
         let whole = block.mlp(x.clone(), usize::MAX);
         for tokens in [1, 5] {
             let error = max_difference(
@@ -1403,6 +1483,43 @@ mod tests {
                 block.mlp(x.clone(), tokens * batch * hidden * 4),
             );
             assert!(error < 1e-5, "MLP in runs of {tokens} tokens: {error}");
+        }
+    }
+
+    /// cutout's window attention on flex (`cpu_attention`: windows, shift and padding by
+    /// indexing) against upstream's sequence of tensor operations, on the fixture's blocks
+    /// with and without the shift, on a grid that is not whole windows.
+    #[test]
+    fn window_attention_on_the_cpu_is_upstreams() {
+        let device = Device::flex();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/birefnet/birefnet-tiny.safetensors"
+        );
+        let state = StateDict::open(std::path::Path::new(path)).unwrap();
+        let model = BiRefNet::load(state, &device).unwrap();
+        let stage = &model.backbone.stages[0];
+        let (window, batch) = (stage.window, 2);
+        let size = [2 * window + 3, window + 1];
+        let [hp, wp] = size.map(|s| s.next_multiple_of(window));
+        for block in &stage.blocks[..2] {
+            let LinearImpl::Packed(qkv) = &block.attention.qkv.weights else {
+                panic!("packed weights on flex")
+            };
+            let channels = block.fc1.in_width;
+            let x = Tensor::<3>::random(
+                [batch, size[0] * size[1], channels],
+                Distribution::Uniform(-2.0, 2.0),
+                &device,
+            );
+            let mask = shifted_window_mask([hp, wp], window, window / 2, &device);
+            let mask = (block.shift > 0).then_some(&mask);
+            let expected = block.attention_in_windows(x.clone(), size, mask);
+            let found = block
+                .attention
+                .forward_on_cpu(qkv, x, size, window, block.shift);
+            let error = max_difference(expected, found);
+            assert!(error < 1e-5, "shift {}: {error}", block.shift);
         }
     }
 

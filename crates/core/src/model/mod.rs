@@ -1,6 +1,7 @@
 //! Segmentation models: where their weights come from and how a batch runs through them.
 
 pub mod birefnet;
+pub mod cpu_attention;
 pub mod cpu_conv;
 pub mod cpu_deform;
 pub mod cpu_resample;

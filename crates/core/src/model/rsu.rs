@@ -178,52 +178,70 @@ impl Rsu {
 /// A convolution with "same" zero padding (halving the size at stride 2).
 #[derive(Debug)]
 pub struct Conv {
-    weight: Tensor<4>,
-    bias: Tensor<1>,
+    out: usize,
+    kernel: usize,
     dilation: usize,
     stride: usize,
-    /// Set when the model runs on burn's flex backend, where cutout's direct kernel
-    /// (`cpu_conv`, stride 1 only) replaces flex's im2col convolution.
-    cpu: Option<PackedConv>,
+    weights: ConvImpl,
+}
+
+/// A convolution's weights in the one form its device runs: packed for cutout's kernel on
+/// burn's flex backend (stride 1), burn tensors elsewhere. Keeping both would double the
+/// model's memory (880 MB more for BiRefNet's Swin-L).
+// One per layer: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum ConvImpl {
+    Burn { weight: Tensor<4>, bias: Tensor<1> },
+    Packed(PackedConv),
 }
 
 impl Conv {
     /// `on_flex`: the device is burn's flex backend, where stride-1 convolutions run on
     /// cutout's own kernel.
     pub fn new(c: ConvWeights, device: &Device, on_flex: bool) -> Self {
-        let out = c.shape[0];
-        let cpu = (on_flex && c.stride == 1)
-            .then(|| PackedConv::new(&c.weight, c.shape, &c.bias, c.dilation));
+        let [out, _, kernel, _] = c.shape;
+        let weights = match on_flex && c.stride == 1 {
+            true => ConvImpl::Packed(PackedConv::new(&c.weight, c.shape, &c.bias, c.dilation)),
+            false => ConvImpl::Burn {
+                weight: Tensor::from_data(TensorData::new(c.weight, c.shape), device),
+                bias: Tensor::from_data(TensorData::new(c.bias, [out]), device),
+            },
+        };
         Conv {
-            weight: Tensor::from_data(TensorData::new(c.weight, c.shape), device),
-            bias: Tensor::from_data(TensorData::new(c.bias, [out]), device),
+            out,
+            kernel,
             dilation: c.dilation,
             stride: c.stride,
-            cpu,
+            weights,
         }
     }
 
     pub fn out_channels(&self) -> usize {
-        self.weight.dims()[0]
+        self.out
     }
 
     /// Convolves the channel-wise concatenation of `inputs`, optionally through ReLU.
     pub fn forward(&self, inputs: Vec<Tensor<4>>, with_relu: bool) -> Tensor<4> {
-        if let Some(cpu) = &self.cpu {
-            return forward_on_flex(cpu, inputs, with_relu);
+        match &self.weights {
+            ConvImpl::Packed(cpu) => forward_on_flex(cpu, inputs, with_relu),
+            ConvImpl::Burn { weight, bias } => {
+                self.forward_on_device(weight, bias, inputs, with_relu, MAX_BINDING_BYTES)
+            }
         }
-        self.forward_on_device(inputs, with_relu, MAX_BINDING_BYTES)
     }
 
     /// burn's convolution, concatenating `inputs` only if that takes at most
     /// `max_concatenated_bytes`.
     fn forward_on_device(
         &self,
+        weight: &Tensor<4>,
+        bias: &Tensor<1>,
         mut inputs: Vec<Tensor<4>>,
         with_relu: bool,
         max_concatenated_bytes: usize,
     ) -> Tensor<4> {
-        let [out, _, kernel, _] = self.weight.dims();
+        let (out, kernel) = (self.out, self.kernel);
         let pad = self.dilation * (kernel - 1) / 2;
         let options = ConvOptions::new(
             [self.stride, self.stride],
@@ -240,7 +258,7 @@ impl Conv {
                 1 => inputs.pop().expect("one input"),
                 _ => Tensor::cat(inputs, 1),
             };
-            conv2d(x, self.weight.clone(), Some(self.bias.clone()), options)
+            conv2d(x, weight.clone(), Some(bias.clone()), options)
         } else {
             // A convolution is linear in its input channels: the sum of each part's
             // convolution with its slice of the weights, without the concatenation.
@@ -248,12 +266,10 @@ impl Conv {
             let mut sum: Option<Tensor<4>> = None;
             for part in inputs {
                 let channels = part.dims()[1];
-                let weight = self.weight.clone().slice([
-                    0..out,
-                    first..first + channels,
-                    0..kernel,
-                    0..kernel,
-                ]);
+                let weight =
+                    weight
+                        .clone()
+                        .slice([0..out, first..first + channels, 0..kernel, 0..kernel]);
                 first += channels;
                 let y = conv2d(part, weight, None, options.clone());
                 sum = Some(match sum {
@@ -261,7 +277,7 @@ impl Conv {
                     None => y,
                 });
             }
-            sum.expect("several inputs") + self.bias.clone().reshape([1, out, 1, 1])
+            sum.expect("several inputs") + bias.clone().reshape([1, out, 1, 1])
         };
         if with_relu { relu(y) } else { y }
     }
@@ -419,9 +435,12 @@ mod tests {
         };
         // burn's convolution on flex, as on wgpu (not cutout's CPU kernel).
         let conv = Conv::new(weights, &device, false);
+        let ConvImpl::Burn { weight, bias } = &conv.weights else {
+            panic!("asked for burn's convolution")
+        };
         let parts: Vec<Tensor<4>> = channels.iter().map(|&c| random([2, c, 9, 11])).collect();
         let run = |max_bytes| {
-            conv.forward_on_device(parts.clone(), true, max_bytes)
+            conv.forward_on_device(weight, bias, parts.clone(), true, max_bytes)
                 .into_data()
                 .try_to_vec::<f32>()
                 .unwrap()

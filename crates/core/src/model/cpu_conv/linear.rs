@@ -57,6 +57,11 @@ impl PackedLinear {
         self.out_width
     }
 
+    /// The layer's output for a zero input.
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
     /// `x` is `[tokens, in]`, row-major; returns `[tokens, out]`, through GELU if asked.
     pub fn forward(&self, x: &[f32], with_gelu: bool) -> Vec<f32> {
         let (block, tile) = (self.kernel.block(), self.kernel.tile());
