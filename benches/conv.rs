@@ -8,7 +8,7 @@ use burn::tensor::module::{conv2d, deform_conv2d};
 use burn::tensor::ops::{ConvOptions, DeformConvOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use cutout_core::model::cpu_conv::{PackedConv, Planes};
+use cutout_core::model::cpu_conv::{PackedConv, PackedLinear, Planes};
 use cutout_core::model::cpu_deform::PackedDeformConv;
 
 fn values(len: usize) -> Vec<f32> {
@@ -131,5 +131,41 @@ fn deformable(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(conv, benches, deformable);
+/// BiRefNet-general's (Swin-L) linear layers at 1024² input: the third stage's attention
+/// projection and MLP (4,096 tokens, width 768) and the first stage's MLP (16,384 of its
+/// 65,536 tokens, width 192): flex's matmul against cutout's kernel, same inputs.
+fn linear(c: &mut Criterion) {
+    cutout_benches::setup();
+    let device = Device::flex();
+    let mut group = c.benchmark_group("linear (CPU)");
+    group.sample_size(10);
+    for (tokens, inputs, outputs) in [
+        (4096, 768, 2304),
+        (4096, 768, 3072),
+        (4096, 3072, 768),
+        (16384, 192, 768),
+        (16384, 768, 192),
+    ] {
+        group.throughput(Throughput::Elements((2 * tokens * inputs * outputs) as u64));
+        let x = values(tokens * inputs);
+        let weight = values(outputs * inputs);
+        let bias = values(outputs);
+        let name = format!("{tokens} tokens {inputs}->{outputs}");
+        let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [tokens, inputs]), &device);
+        let wt =
+            Tensor::<2>::from_data(TensorData::new(weight.clone(), [outputs, inputs]), &device)
+                .transpose();
+        let bt = Tensor::<2>::from_data(TensorData::new(bias.clone(), [1, outputs]), &device);
+        group.bench_function(format!("{name}: flex"), |bench| {
+            bench.iter(|| (xt.clone().matmul(wt.clone()) + bt.clone()).into_data())
+        });
+        let packed = PackedLinear::new(&weight, [outputs, inputs], Some(&bias));
+        group.bench_function(format!("{name}: cutout"), |bench| {
+            bench.iter(|| packed.forward(&x, false))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(conv, benches, deformable, linear);
 criterion_main!(conv);
