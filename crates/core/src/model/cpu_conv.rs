@@ -237,7 +237,6 @@ impl PackedConv {
         let chunk_weights = CHANNELS_PER_SUM * taps.len() * block;
         (0..batch * height).into_par_iter().for_each(|job| {
             // The sum of the channel runs after the first (see `CHANNELS_PER_SUM`).
-            let mut part = [0.0f32; MAX_TILE_VALUES];
             let (n, y) = (job / height, job % height);
             let image_in = &padded[n * in_channels * plane..][..in_channels * plane];
             for x0 in (0..width).step_by(tile_width) {
@@ -248,17 +247,21 @@ impl PackedConv {
                     let mut tile = [0.0f32; MAX_TILE_VALUES];
                     for (chunk, weights) in weights.chunks(chunk_weights).enumerate() {
                         let input = &input[chunk * CHANNELS_PER_SUM * plane..];
-                        let sum = if chunk == 0 { &mut tile } else { &mut part };
                         // SAFETY: `kernel` is one this CPU has (`detect`, or a test's choice
                         // from `available`); the input reach is checked above (a chunk
                         // starting `chunk · CHANNELS_PER_SUM` planes in reaches no further),
                         // and the weights chunk is whole channels of `taps · block`.
-                        unsafe { accumulate_tile(self.kernel, input, plane, &taps, weights, sum) };
-                        if chunk > 0 {
-                            for (t, p) in tile.iter_mut().zip(&part) {
-                                *t += p;
-                            }
-                        }
+                        unsafe {
+                            accumulate_tile(
+                                self.kernel,
+                                input,
+                                plane,
+                                &taps,
+                                weights,
+                                &mut tile,
+                                chunk > 0,
+                            )
+                        };
                     }
                     for lane in 0..block.min(self.out_channels - b * block) {
                         let o = b * block + lane;
@@ -346,7 +349,8 @@ impl SharedOut {
 }
 
 /// `tile[lane · tile + x] = Σ_channel Σ_tap input[channel·plane + tap + x] ·
-/// weights[(channel·taps + tap)·block + lane]`, for the kernel's block and tile.
+/// weights[(channel·taps + tap)·block + lane]`, for the kernel's block and tile; with `add`,
+/// that sum (made on its own from zero, see [`CHANNELS_PER_SUM`]) is added to `tile`'s values.
 ///
 /// # Safety
 /// `kernel` must be one this CPU supports; `input` must hold `(channels-1)·plane + max(taps)
@@ -358,13 +362,14 @@ unsafe fn accumulate_tile(
     taps: &[usize],
     weights: &[f32],
     tile: &mut [f32; MAX_TILE_VALUES],
+    add: bool,
 ) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { x86::accumulate_avx512(input, plane, taps, weights, tile) },
+        Kernel::Avx512 => unsafe { x86::accumulate_avx512(input, plane, taps, weights, tile, add) },
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { x86::accumulate_avx2(input, plane, taps, weights, tile) },
-        _ => accumulate_portable::<6, 16>(input, plane, taps, weights, tile),
+        Kernel::Avx2 => unsafe { x86::accumulate_avx2(input, plane, taps, weights, tile, add) },
+        _ => accumulate_portable::<6, 16>(input, plane, taps, weights, tile, add),
     }
 }
 
@@ -374,6 +379,7 @@ fn accumulate_portable<const BLOCK: usize, const TILE: usize>(
     taps: &[usize],
     weights: &[f32],
     tile: &mut [f32; MAX_TILE_VALUES],
+    add: bool,
 ) {
     let mut acc = [[0.0f32; TILE]; BLOCK];
     for (channel, weights) in weights.chunks_exact(taps.len() * BLOCK).enumerate() {
@@ -387,7 +393,14 @@ fn accumulate_portable<const BLOCK: usize, const TILE: usize>(
         }
     }
     for (lane, acc) in acc.iter().enumerate() {
-        tile[lane * TILE..][..TILE].copy_from_slice(acc);
+        let out = &mut tile[lane * TILE..][..TILE];
+        if add {
+            for (o, &a) in out.iter_mut().zip(acc) {
+                *o += a;
+            }
+        } else {
+            out.copy_from_slice(acc);
+        }
     }
 }
 
@@ -407,6 +420,7 @@ mod x86 {
         taps: &[usize],
         weights: &[f32],
         tile: &mut [f32; MAX_TILE_VALUES],
+        add: bool,
     ) {
         const BLOCK: usize = 8;
         let mut acc = [[_mm512_setzero_ps(); 2]; BLOCK];
@@ -425,9 +439,13 @@ mod x86 {
                 w = unsafe { w.add(BLOCK) };
             }
         }
-        for (lane, acc) in acc.iter().enumerate() {
+        for (lane, acc) in acc.iter_mut().enumerate() {
             let out = tile[lane * 32..].as_mut_ptr();
             unsafe {
+                if add {
+                    acc[0] = _mm512_add_ps(acc[0], _mm512_loadu_ps(out));
+                    acc[1] = _mm512_add_ps(acc[1], _mm512_loadu_ps(out.add(16)));
+                }
                 _mm512_storeu_ps(out, acc[0]);
                 _mm512_storeu_ps(out.add(16), acc[1]);
             }
@@ -445,6 +463,7 @@ mod x86 {
         taps: &[usize],
         weights: &[f32],
         tile: &mut [f32; MAX_TILE_VALUES],
+        add: bool,
     ) {
         const BLOCK: usize = 6;
         let mut acc = [[_mm256_setzero_ps(); 2]; BLOCK];
@@ -463,9 +482,13 @@ mod x86 {
                 w = unsafe { w.add(BLOCK) };
             }
         }
-        for (lane, acc) in acc.iter().enumerate() {
+        for (lane, acc) in acc.iter_mut().enumerate() {
             let out = tile[lane * 16..].as_mut_ptr();
             unsafe {
+                if add {
+                    acc[0] = _mm256_add_ps(acc[0], _mm256_loadu_ps(out));
+                    acc[1] = _mm256_add_ps(acc[1], _mm256_loadu_ps(out.add(8)));
+                }
                 _mm256_storeu_ps(out, acc[0]);
                 _mm256_storeu_ps(out.add(8), acc[1]);
             }

@@ -22,10 +22,11 @@ pub struct PackedLinear {
     kernel: Kernel,
     in_width: usize,
     out_width: usize,
-    /// `[in][padded]`: the weights transposed, each row zero past `out_width` up to whole
-    /// tiles, so a tile never reads past its row's end into the next.
+    /// `[output tile][in][tile]`: the weights transposed, in panels of one tile of outputs
+    /// (zero past `out_width`), so a tile's weights are read in one contiguous stream. In
+    /// `[in][out]` order a tile's rows were `out` floats apart, a multiple of 1 KiB in
+    /// Swin, and they all fell into a few of the L1 cache's sets.
     weights: Vec<f32>,
-    padded: usize,
     bias: Vec<f32>,
 }
 
@@ -34,11 +35,12 @@ impl PackedLinear {
     pub fn new(weight: &[f32], [out_width, in_width]: [usize; 2], bias: Option<&[f32]>) -> Self {
         let kernel = Kernel::detect();
         assert_eq!(weight.len(), out_width * in_width);
-        let padded = out_width.next_multiple_of(kernel.tile());
-        let mut weights = vec![0.0; in_width * padded];
+        let tile = kernel.tile();
+        let mut weights = vec![0.0; in_width * out_width.next_multiple_of(tile)];
         for (o, row) in weight.chunks_exact(in_width).enumerate() {
+            let panel = &mut weights[o / tile * in_width * tile..];
             for (i, &w) in row.iter().enumerate() {
-                weights[i * padded + o] = w;
+                panel[i * tile + o % tile] = w;
             }
         }
         let bias = bias.map_or_else(|| vec![0.0; out_width], <[f32]>::to_vec);
@@ -48,7 +50,6 @@ impl PackedLinear {
             in_width,
             out_width,
             weights,
-            padded,
             bias,
         }
     }
@@ -64,7 +65,7 @@ impl PackedLinear {
 
     /// `x` is `[tokens, in]`, row-major; returns `[tokens, out]`, through GELU if asked.
     pub fn forward(&self, x: &[f32], with_gelu: bool) -> Vec<f32> {
-        let (block, tile) = (self.kernel.block(), self.kernel.tile());
+        let block = self.kernel.block();
         let (in_width, out_width) = (self.in_width, self.out_width);
         assert_eq!(x.len() % in_width, 0, "whole tokens");
         let tokens = x.len() / in_width;
@@ -72,64 +73,93 @@ impl PackedLinear {
         let mut out = vec![0.0f32; tokens * out_width];
         out.par_chunks_mut(rows_per_job * out_width)
             .zip(x.par_chunks(rows_per_job * in_width))
-            .for_each(|(out, x)| {
-                let rows = x.len() / in_width;
-                // `[row block][in][lane]`, zero for lanes past the last token.
-                let mut packed = vec![0.0f32; rows.div_ceil(block) * in_width * block];
-                for (r, token) in x.chunks_exact(in_width).enumerate() {
-                    let blocked = &mut packed[r / block * in_width * block..];
-                    for (i, &v) in token.iter().enumerate() {
-                        blocked[i * block + r % block] = v;
-                    }
-                }
-                let mut sum = [0.0f32; MAX_TILE_VALUES];
-                let mut part = [0.0f32; MAX_TILE_VALUES];
-                for o0 in (0..out_width).step_by(tile) {
-                    let len = tile.min(out_width - o0);
-                    for (b, inputs) in packed.chunks_exact(in_width * block).enumerate() {
-                        let chunks = inputs
-                            .chunks(CHANNELS_PER_SUM * block)
-                            .zip(self.weights.chunks(CHANNELS_PER_SUM * self.padded));
-                        for (chunk, (inputs, weights)) in chunks.enumerate() {
-                            let weights = &weights[o0..];
-                            let into = if chunk == 0 { &mut sum } else { &mut part };
-                            assert!(
-                                weights.len() >= (inputs.len() / block - 1) * self.padded + tile,
-                                "the tile reads inside the weights"
-                            );
-                            // SAFETY: `kernel` is this CPU's (`Kernel::detect`); the weights
-                            // hold (inputs − 1) rows of `padded` plus a tile from `o0`
-                            // (checked above: `o0 + tile ≤ padded`), and the packed inputs
-                            // are whole inputs of `block` lanes.
-                            unsafe {
-                                accumulate_tile(
-                                    self.kernel,
-                                    weights,
-                                    self.padded,
-                                    &[0],
-                                    inputs,
-                                    into,
-                                )
-                            };
-                            if chunk > 0 {
-                                for (s, p) in sum.iter_mut().zip(&part) {
-                                    *s += p;
-                                }
-                            }
-                        }
-                        for lane in 0..block.min(rows - b * block) {
-                            let row = b * block + lane;
-                            let dst = &mut out[row * out_width + o0..][..len];
-                            let values = &sum[lane * tile..][..len];
-                            let bias = &self.bias[o0..][..len];
-                            for ((d, &v), &b) in dst.iter_mut().zip(values).zip(bias) {
-                                *d = if with_gelu { gelu(v + b) } else { v + b };
-                            }
-                        }
-                    }
-                }
+            .for_each(|(out, x)| match self.kernel {
+                // SAFETY: `kernel` is this CPU's (`Kernel::detect`).
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512 => unsafe { self.job_avx512(x, out, with_gelu) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => unsafe { self.job_avx2(x, out, with_gelu) },
+                _ => self.job(x, out, with_gelu),
             });
         out
+    }
+
+    /// [`PackedLinear::job`] with its packing, bias and GELU loops vectorised for AVX-512.
+    ///
+    /// # Safety
+    /// Needs AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn job_avx512(&self, x: &[f32], out: &mut [f32], with_gelu: bool) {
+        self.job(x, out, with_gelu)
+    }
+
+    /// [`PackedLinear::job`] with its loops vectorised for AVX2.
+    ///
+    /// # Safety
+    /// Needs AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn job_avx2(&self, x: &[f32], out: &mut [f32], with_gelu: bool) {
+        self.job(x, out, with_gelu)
+    }
+
+    /// The outputs of one run of whole tokens `x` into `out`: the tokens packed for the
+    /// kernel, then every tile of outputs for every block of them.
+    #[inline(always)]
+    fn job(&self, x: &[f32], out: &mut [f32], with_gelu: bool) {
+        let (block, tile) = (self.kernel.block(), self.kernel.tile());
+        let (in_width, out_width) = (self.in_width, self.out_width);
+        let rows = x.len() / in_width;
+        // `[row block][in][lane]`, zero for lanes past the last token.
+        let mut packed = vec![0.0f32; rows.div_ceil(block) * in_width * block];
+        for (r, token) in x.chunks_exact(in_width).enumerate() {
+            let blocked = &mut packed[r / block * in_width * block..];
+            for (i, &v) in token.iter().enumerate() {
+                blocked[i * block + r % block] = v;
+            }
+        }
+        let mut sum = [0.0f32; MAX_TILE_VALUES];
+        let panels = self.weights.chunks_exact(in_width * tile);
+        for (o0, panel) in (0..out_width).step_by(tile).zip(panels) {
+            let len = tile.min(out_width - o0);
+            for (b, inputs) in packed.chunks_exact(in_width * block).enumerate() {
+                let chunks = inputs
+                    .chunks(CHANNELS_PER_SUM * block)
+                    .zip(panel.chunks(CHANNELS_PER_SUM * tile));
+                for (chunk, (inputs, weights)) in chunks.enumerate() {
+                    assert_eq!(
+                        weights.len() / tile,
+                        inputs.len() / block,
+                        "a row of weights per input"
+                    );
+                    // SAFETY: `kernel` is this CPU's (`Kernel::detect`); the weights
+                    // hold a row of `tile` per input (checked above), and the packed
+                    // inputs are whole inputs of `block` lanes.
+                    unsafe {
+                        accumulate_tile(
+                            self.kernel,
+                            weights,
+                            tile,
+                            &[0],
+                            inputs,
+                            &mut sum,
+                            chunk > 0,
+                        )
+                    };
+                }
+                for lane in 0..block.min(rows - b * block) {
+                    let row = b * block + lane;
+                    let dst = &mut out[row * out_width + o0..][..len];
+                    let values = &sum[lane * tile..][..len];
+                    let bias = &self.bias[o0..][..len];
+                    for ((d, &v), &b) in dst.iter_mut().zip(values).zip(bias) {
+                        *d = if with_gelu { gelu(v + b) } else { v + b };
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -232,7 +232,6 @@ unsafe fn run<const TILES: usize>(
     }
     let per_position = blocks * in_channels * block;
     let chunk_weights = CHANNELS_PER_SUM * block;
-    let mut part = [0.0f32; MAX_TILE_VALUES];
     for position in 0..POSITIONS {
         let input = &scratch.transformed[position * in_channels * TILES..][..in_channels * TILES];
         let weights = &job.weights[position * per_position..][..per_position];
@@ -240,15 +239,9 @@ unsafe fn run<const TILES: usize>(
             let tile = &mut scratch.products[position * blocks + b];
             for (chunk, weights) in weights.chunks(chunk_weights).enumerate() {
                 let input = &input[chunk * CHANNELS_PER_SUM * TILES..];
-                let sum = if chunk == 0 { &mut *tile } else { &mut part };
                 // SAFETY: the caller's kernel; `input` holds this chunk's channels of TILES
                 // values each (a plane of TILES, one tap at 0), `weights` whole channels.
-                unsafe { accumulate_tile(kernel, input, TILES, &[0], weights, sum) };
-                if chunk > 0 {
-                    for (t, p) in tile.iter_mut().zip(&part) {
-                        *t += p;
-                    }
-                }
+                unsafe { accumulate_tile(kernel, input, TILES, &[0], weights, tile, chunk > 0) };
             }
         }
     }
