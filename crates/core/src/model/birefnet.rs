@@ -25,7 +25,7 @@ use burn::tensor::ops::{ConvOptions, DeformConvOptions, InterpolateMode, Interpo
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::Network;
-use super::cpu_attention::{MASKED, Windows, window_attention};
+use super::cpu_attention::{self, MASKED, Windows, window_attention};
 use super::cpu_conv::PackedLinear;
 use super::cpu_deform::PackedDeformConv;
 use super::onnx::ConvWeights;
@@ -307,10 +307,7 @@ impl SwinStage {
         let padded = size.map(|s| s.next_multiple_of(self.window));
         let shift = self.window / 2;
         // cutout's kernel on flex masks by indexing.
-        let on_cpu = self
-            .blocks
-            .iter()
-            .all(|b| matches!(b.attention.qkv.weights, LinearImpl::Packed(_)));
+        let on_cpu = self.blocks.iter().all(|b| b.attention.cpu_qkv().is_some());
         let mask = (self.blocks.len() > 1 && !on_cpu)
             .then(|| shifted_window_mask(padded, self.window, shift, &x.device()));
         for block in &self.blocks {
@@ -399,12 +396,11 @@ impl SwinBlock {
     fn forward(&self, x: Tensor<3>, size: [usize; 2], mask: Option<&Tensor<3>>) -> Tensor<3> {
         let shortcut = x.clone();
         let normed = self.norm1.forward(x);
-        let attended = match &self.attention.qkv.weights {
-            LinearImpl::Packed(qkv) => {
-                self.attention
-                    .forward_on_cpu(qkv, normed, size, self.window, self.shift)
-            }
-            LinearImpl::Burn { .. } => self.attention_in_windows(normed, size, mask),
+        let attended = match self.attention.cpu_qkv() {
+            Some(qkv) => self
+                .attention
+                .forward_on_cpu(qkv, normed, size, self.window, self.shift),
+            None => self.attention_in_windows(normed, size, mask),
         };
         let x = shortcut + attended;
         x.clone() + self.mlp(x, MAX_BINDING_BYTES)
@@ -554,6 +550,16 @@ impl WindowAttention {
             }
         }
         Tensor::cat(runs, 0)
+    }
+
+    /// On flex, where cutout's kernel takes these heads: the packed `qkv` projection.
+    fn cpu_qkv(&self) -> Option<&PackedLinear> {
+        match &self.qkv.weights {
+            LinearImpl::Packed(qkv) if cpu_attention::supports(self.heads, qkv.in_width()) => {
+                Some(qkv)
+            }
+            _ => None,
+        }
     }
 
     /// On flex: the attention of `x` (`[B, L, C]` in image order) through cutout's kernel
@@ -1503,9 +1509,10 @@ mod tests {
         let size = [2 * window + 3, window + 1];
         let [hp, wp] = size.map(|s| s.next_multiple_of(window));
         for block in &stage.blocks[..2] {
-            let LinearImpl::Packed(qkv) = &block.attention.qkv.weights else {
-                panic!("packed weights on flex")
-            };
+            let qkv = block
+                .attention
+                .cpu_qkv()
+                .expect("cutout's attention on flex");
             let channels = block.fc1.in_width;
             let x = Tensor::<3>::random(
                 [batch, size[0] * size[1], channels],

@@ -88,7 +88,10 @@ fn attention_on(
     } = windows;
     let [hp, wp] = windows.padded();
     let tokens = windows.tokens();
-    assert!(heads > 0 && channels.is_multiple_of(heads), "whole heads");
+    assert!(
+        supports(heads, channels),
+        "whole heads at most {WIDTH} wide"
+    );
     assert!(window > 0 && shift < window, "a shift within the window");
     assert_eq!(
         qkv.len(),
@@ -105,7 +108,7 @@ fn attention_on(
         .par_chunks_mut(tokens * channels)
         .enumerate()
         .for_each_init(
-            || Scratch::new(tokens, channels / heads),
+            || Scratch::new(tokens),
             |scratch, (index, out)| {
                 let (image, index) = (index / (rows * cols), index % (rows * cols));
                 let (wy, wx) = (index / cols, index % cols);
@@ -155,8 +158,10 @@ struct Window<'a> {
     shifted: bool,
 }
 
-/// One head's operands, laid out for vector loops: `q` (scaled) and `v` as `[token][dim]`,
-/// `k` transposed `[dim][token]`, and the scores `[token][token]`.
+/// One head's operands, laid out for the blocks below: `q` (scaled) and `v` as
+/// `[token][WIDTH]`, `k` transposed `[WIDTH][key]`, and the scores `[token][key]`; zero past
+/// the head's width, `q` and the scores to whole blocks of query tokens, `k` and the scores'
+/// rows to whole blocks of keys.
 struct Scratch {
     q: Vec<f32>,
     k: Vec<f32>,
@@ -165,12 +170,16 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(tokens: usize, width: usize) -> Self {
+    fn new(tokens: usize) -> Self {
+        let (rows, keys) = (
+            tokens.next_multiple_of(QUERIES),
+            tokens.next_multiple_of(KEYS),
+        );
         Self {
-            q: vec![0.0; tokens * width],
-            k: vec![0.0; width * tokens],
-            v: vec![0.0; tokens * width],
-            scores: vec![0.0; tokens * tokens],
+            q: vec![0.0; rows * WIDTH],
+            k: vec![0.0; WIDTH * keys],
+            v: vec![0.0; tokens * WIDTH],
+            scores: vec![0.0; rows * keys],
         }
     }
 }
@@ -224,7 +233,7 @@ impl Vector {
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 => unsafe { attend_avx2(job, scratch, out) },
-            Self::Portable => attend(job, scratch, out),
+            Self::Portable => attend(job, scratch, out, weighted_sums),
         }
     }
 }
@@ -234,7 +243,10 @@ impl Vector {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn attend_avx512(job: &Window, scratch: &mut Scratch, out: &mut [f32]) {
-    attend(job, scratch, out)
+    // SAFETY: this function's caller has AVX-512F.
+    attend(job, scratch, out, |p, keys, v, sums| unsafe {
+        x86::weighted_sums_avx512(p, keys, v, sums)
+    })
 }
 
 /// # Safety
@@ -242,17 +254,38 @@ unsafe fn attend_avx512(job: &Window, scratch: &mut Scratch, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn attend_avx2(job: &Window, scratch: &mut Scratch, out: &mut [f32]) {
-    attend(job, scratch, out)
+    attend(job, scratch, out, weighted_sums)
 }
 
 /// Lanes of the partial maxima and sums: a float reduction is vectorised only when written as
 /// independent lanes (the compiler may not reorder float additions itself).
 const LANES: usize = 16;
 
+/// The head width the blocks below hold in registers; narrower heads are padded with zeros
+/// (Swin's are 32 wide), wider ones are not handled here ([`supports`]).
+const WIDTH: usize = 32;
+/// Query tokens per block: their scores against a block of keys, and their weighted sums of
+/// the values, are `QUERIES` × one vector.
+const QUERIES: usize = 4;
+/// Keys per block of scores: one AVX-512 vector.
+const KEYS: usize = 16;
+
+/// Whether [`window_attention`] takes heads `width` wide.
+pub fn supports(heads: usize, channels: usize) -> bool {
+    heads > 0 && channels.is_multiple_of(heads) && channels / heads <= WIDTH
+}
+
 /// Attention of one window, every head: `out` is `[token][channel]`.
+/// `weighted_sums` is [`weighted_sums`] or a version of it for this CPU.
 #[inline(always)]
-fn attend(job: &Window, scratch: &mut Scratch, out: &mut [f32]) {
+fn attend(
+    job: &Window,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+    weighted_sums: impl Fn(&[f32], usize, &[f32], &mut [[f32; WIDTH]; QUERIES]),
+) {
     let tokens = job.sources.len();
+    let keys = tokens.next_multiple_of(KEYS);
     let width = job.channels / job.heads;
     let scale = (width as f32).powf(-0.5);
     let Scratch { q, k, v, scores } = scratch;
@@ -264,23 +297,36 @@ fn attend(job: &Window, scratch: &mut Scratch, out: &mut [f32]) {
                 &qkv[job.channels + at..][..width],
                 &qkv[2 * job.channels + at..][..width],
             );
-            for (q, &x) in q[t * width..][..width].iter_mut().zip(tq) {
+            for (q, &x) in q[t * WIDTH..][..width].iter_mut().zip(tq) {
                 *q = x * scale;
             }
             for (d, &x) in tk.iter().enumerate() {
-                k[d * tokens + t] = x;
+                k[d * keys + t] = x;
             }
-            v[t * width..][..width].copy_from_slice(tv);
+            v[t * WIDTH..][..width].copy_from_slice(tv);
         }
-        let bias = &job.position_bias[head * tokens * tokens..][..tokens * tokens];
-        for (i, row) in scores.chunks_exact_mut(tokens).enumerate() {
-            // (q · scale) kᵀ, then the bias and the mask, as upstream adds them.
-            row.fill(0.0);
-            for (d, &q) in q[i * width..][..width].iter().enumerate() {
-                for (s, &k) in row.iter_mut().zip(&k[d * tokens..][..tokens]) {
-                    *s += q * k;
+        // (q · scale) kᵀ, a block of queries × a block of keys at a time.
+        for (i0, scores) in scores.chunks_exact_mut(QUERIES * keys).enumerate() {
+            let q: &[[f32; WIDTH]; QUERIES] = as_blocks(&q[i0 * QUERIES * WIDTH..]);
+            for j0 in (0..keys).step_by(KEYS) {
+                let mut sums = [[0.0f32; KEYS]; QUERIES];
+                for d in 0..WIDTH {
+                    let k: &[f32; KEYS] = as_array(&k[d * keys + j0..]);
+                    for (sum, q) in sums.iter_mut().zip(q) {
+                        for (s, &k) in sum.iter_mut().zip(k) {
+                            *s += q[d] * k;
+                        }
+                    }
+                }
+                for (r, sum) in sums.iter().enumerate() {
+                    scores[r * keys + j0..][..KEYS].copy_from_slice(sum);
                 }
             }
+        }
+        // Then the bias and the mask, as upstream adds them, and the softmax.
+        let bias = &job.position_bias[head * tokens * tokens..][..tokens * tokens];
+        for (i, row) in scores.chunks_exact_mut(keys).take(tokens).enumerate() {
+            let row = &mut row[..tokens];
             for (s, &b) in row.iter_mut().zip(&bias[i * tokens..][..tokens]) {
                 *s += b;
             }
@@ -292,28 +338,88 @@ fn attend(job: &Window, scratch: &mut Scratch, out: &mut [f32]) {
             }
             softmax(row);
         }
-        // scores · v, four query tokens at a time so the sums run side by side.
-        for (i0, rows) in scores.chunks(4 * tokens).enumerate() {
-            let mut sums = [[0.0f32; MAX_WIDTH]; 4];
-            let n = rows.len() / tokens;
-            for (j, v) in v.chunks_exact(width).enumerate() {
-                for (r, sum) in sums[..n].iter_mut().enumerate() {
-                    let p = rows[r * tokens + j];
-                    for (s, &x) in sum[..width].iter_mut().zip(v) {
-                        *s += p * x;
-                    }
+        // scores · v, a block of queries at a time, their sums side by side in registers.
+        for (i0, scores) in scores.chunks_exact(QUERIES * keys).enumerate() {
+            let mut sums = [[0.0f32; WIDTH]; QUERIES];
+            weighted_sums(scores, keys, &v[..tokens * WIDTH], &mut sums);
+            for (r, sum) in sums.iter().enumerate() {
+                let token = i0 * QUERIES + r;
+                if token < tokens {
+                    out[token * job.channels + at..][..width].copy_from_slice(&sum[..width]);
                 }
-            }
-            for (r, sum) in sums[..n].iter().enumerate() {
-                let token = i0 * 4 + r;
-                out[token * job.channels + at..][..width].copy_from_slice(&sum[..width]);
             }
         }
     }
 }
 
-/// The widest head the fixed-size sums above hold (Swin's heads are 32 wide).
-const MAX_WIDTH: usize = 64;
+/// `sums[r] = Σ_j scores[r · keys + j] · v[j]` for a block of query rows: the attention's
+/// weighted sum of the values, `v` being `[token][WIDTH]`.
+fn weighted_sums(scores: &[f32], keys: usize, v: &[f32], sums: &mut [[f32; WIDTH]; QUERIES]) {
+    for (j, v) in v.chunks_exact(WIDTH).enumerate() {
+        for (r, sum) in sums.iter_mut().enumerate() {
+            let p = scores[r * keys + j];
+            for (s, &x) in sum.iter_mut().zip(v) {
+                *s += p * x;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{QUERIES, WIDTH};
+    use std::arch::x86_64::*;
+
+    /// [`super::weighted_sums`] with the block's sums in eight zmm registers (the compiler
+    /// keeps them in memory, one scalar at a time).
+    ///
+    /// # Safety
+    /// Needs AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weighted_sums_avx512(
+        scores: &[f32],
+        keys: usize,
+        v: &[f32],
+        sums: &mut [[f32; WIDTH]; QUERIES],
+    ) {
+        const { assert!(WIDTH == 32) };
+        let tokens = v.len() / WIDTH;
+        assert!(
+            tokens <= keys && scores.len() >= QUERIES * keys,
+            "a score per query and value"
+        );
+        let mut acc = [[_mm512_setzero_ps(); 2]; QUERIES];
+        for j in 0..tokens {
+            // SAFETY: `j < tokens`, so the value row `j` is inside `v`.
+            let (v0, v1) = unsafe {
+                let row = v.as_ptr().add(j * WIDTH);
+                (_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)))
+            };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `r · keys + j < QUERIES · keys ≤ scores.len()` (asserted above).
+                let p = _mm512_set1_ps(unsafe { *scores.get_unchecked(r * keys + j) });
+                acc[0] = _mm512_add_ps(acc[0], _mm512_mul_ps(p, v0));
+                acc[1] = _mm512_add_ps(acc[1], _mm512_mul_ps(p, v1));
+            }
+        }
+        for (sum, acc) in sums.iter_mut().zip(&acc) {
+            // SAFETY: each row of `sums` holds 32 floats.
+            unsafe {
+                _mm512_storeu_ps(sum.as_mut_ptr(), acc[0]);
+                _mm512_storeu_ps(sum.as_mut_ptr().add(16), acc[1]);
+            }
+        }
+    }
+}
+
+fn as_array<const N: usize>(values: &[f32]) -> &[f32; N] {
+    values[..N].try_into().expect("N values")
+}
+
+fn as_blocks(values: &[f32]) -> &[[f32; WIDTH]; QUERIES] {
+    let rows = values[..QUERIES * WIDTH].as_chunks::<WIDTH>().0;
+    rows.try_into().expect("QUERIES rows")
+}
 
 /// In place, as PyTorch's: `exp(x − max) / Σ exp(x − max)`.
 #[inline(always)]
@@ -364,7 +470,8 @@ pub fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     const LOW: f32 = -87.3;
     let clamped = x.clamp(LOW, 88.0);
-    let n = (clamped * LOG2_E + ROUND) - ROUND;
+    let rounded = clamped * LOG2_E + ROUND;
+    let n = rounded - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     for c in [
@@ -377,7 +484,9 @@ pub fn exp(x: f32) -> f32 {
         p = p * r + c;
     }
     let e = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // n sits in the low bits of `rounded` (an `as` cast would not vectorise: it saturates).
+    let n_bits = rounded.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     if x < LOW { 0.0 } else { e * scale }
 }
 
@@ -456,14 +565,21 @@ mod tests {
             ([7, 10], 3, 0),
             ([7, 10], 3, 1),
             ([5, 5], 7, 3),
+            ([9, 11], 7, 3),
         ] {
+            // Heads narrower than the registers' width, and (in the last case) as wide.
+            let (heads, channels) = if window == 7 && size[0] == 9 {
+                (2, 64)
+            } else {
+                (3, 12)
+            };
             let s = Windows {
                 batch: 2,
                 size,
                 window,
                 shift,
-                heads: 3,
-                channels: 12,
+                heads,
+                channels,
             };
             let n = s.tokens();
             let qkv = values(s.batch * size[0] * size[1] * 3 * s.channels, 1, 3.0);

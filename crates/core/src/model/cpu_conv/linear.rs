@@ -54,6 +54,10 @@ impl PackedLinear {
         }
     }
 
+    pub fn in_width(&self) -> usize {
+        self.in_width
+    }
+
     pub fn out_width(&self) -> usize {
         self.out_width
     }
